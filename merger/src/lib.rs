@@ -1,1 +1,28 @@
-//! placeholder
+//! fanout's merge service and library.
+//!
+//! The root streams each shard's partial result into a merge the moment the
+//! shard answers; the merge runs in the root's process or in a merger process
+//! (a sidecar, any language) speaking `fanout.v1.Merger`. This crate is both
+//! sides of that contract:
+//!
+//! - [`merge`]: the extension point, the [`Merge`] / [`MergeState`] traits
+//!   and [`Progress`] (with an example of a custom merge).
+//! - [`top_k`]: [`TopKMerge`], the reference merge of the search workload
+//!   (global top k of `ShardSearchResponse`s).
+//! - [`service`]: any `Merge` as a gRPC service ([`merger_service`]) and the
+//!   merger process's server ([`serve`]), with health, reflection and drain.
+//! - [`endpoint`]: the root's side, [`MergerEndpoint`] (embedded or remote)
+//!   and the per-request [`MergeSession`].
+//! - [`error`]: [`MergerError`] and its one mapping to `tonic::Status`.
+
+pub mod endpoint;
+pub mod error;
+pub mod merge;
+pub mod service;
+pub mod top_k;
+
+pub use endpoint::{MergeSession, MergerEndpoint};
+pub use error::MergerError;
+pub use merge::{Merge, MergeState, Progress};
+pub use service::{MergerService, merger_service, serve};
+pub use top_k::TopKMerge;

@@ -1,0 +1,219 @@
+//! Any [`Merge`] as a `fanout.v1.Merger` gRPC service.
+//!
+//! One `Merge` call per request. The response headers go out at once; the
+//! input stream is then read message by message as the response stream is
+//! polled, so nothing is spawned and a call whose client went away is cleaned
+//! up by dropping it. The call ends with:
+//! - OK after `result`, once `end` was merged;
+//! - the merge's own status if `start`, `add` or `finish` failed;
+//! - INVALID_ARGUMENT when the first message is not `start` (or `start` repeats);
+//! - ABORTED when the input ends before `end`, CANCELLED when it breaks
+//!   (both: the client went away, logged at debug);
+//! - DEADLINE_EXCEEDED once the call's `grpc-timeout` has passed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fanout_proto::v1::merge_input::Kind as InputKind;
+use fanout_proto::v1::merge_output::Kind as OutputKind;
+use fanout_proto::v1::merger_server::{Merger, MergerServer};
+use fanout_proto::v1::{Enough, MergeInput, MergeOutput, MergeResult};
+use fanout_runtime::deadline::timeout_from_metadata;
+use fanout_runtime::serve::{DrainOptions, GrpcService};
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::MergerError;
+use crate::merge::{Merge, MergeState, Progress};
+
+/// The stream of outputs of one `Merge` call.
+pub type MergeOutputStream = Pin<Box<dyn Stream<Item = Result<MergeOutput, Status>> + Send>>;
+
+/// The `fanout.v1.Merger` implementation around one [`Merge`].
+#[derive(Clone)]
+pub struct MergerService {
+    merge: Arc<dyn Merge>,
+}
+
+impl MergerService {
+    pub fn new(merge: Arc<dyn Merge>) -> Self {
+        Self { merge }
+    }
+}
+
+impl std::fmt::Debug for MergerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergerService").finish_non_exhaustive()
+    }
+}
+
+/// `merge` as a gRPC service, ready for a tonic router: accepts gzip and zstd
+/// requests, compresses responses with gzip when the client accepts it.
+pub fn merger_service(merge: Arc<dyn Merge>) -> MergerServer<MergerService> {
+    MergerServer::new(MergerService::new(merge))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+}
+
+/// Serves `merge` on `listener` (with health and reflection) until `shutdown`
+/// resolves, then drains as `drain` says.
+pub async fn serve(
+    listener: TcpListener,
+    merge: Arc<dyn Merge>,
+    drain: DrainOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MergerError> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "merger serving");
+    }
+    let routes = Routes::new(merger_service(merge));
+    let service_names = vec![<MergerServer<MergerService> as NamedService>::NAME];
+    GrpcService::new(routes, service_names)
+        .serve(listener, drain, shutdown)
+        .await?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Merger for MergerService {
+    type MergeStream = MergeOutputStream;
+
+    async fn merge(
+        &self,
+        request: Request<Streaming<MergeInput>>,
+    ) -> Result<Response<Self::MergeStream>, Status> {
+        let timeout = timeout_from_metadata(request.metadata()).map_err(MergerError::from)?;
+        let call = MergeCall {
+            merge: Arc::clone(&self.merge),
+            inputs: request.into_inner(),
+            deadline: timeout.map(|timeout| Instant::now() + timeout),
+            phase: Phase::AwaitingStart,
+        };
+        let outputs = futures::stream::unfold(call, |mut call| async move {
+            let output = call.next_output().await?;
+            Some((output, call))
+        });
+        Ok(Response::new(Box::pin(outputs)))
+    }
+}
+
+/// One `Merge` call in progress.
+struct MergeCall {
+    merge: Arc<dyn Merge>,
+    inputs: Streaming<MergeInput>,
+    deadline: Option<Instant>,
+    phase: Phase,
+}
+
+enum Phase {
+    AwaitingStart,
+    Merging {
+        state: Box<dyn MergeState>,
+        enough_sent: bool,
+    },
+    Done,
+}
+
+impl MergeCall {
+    /// Reads inputs until there is something to answer; `None` once the call
+    /// is over.
+    async fn next_output(&mut self) -> Option<Result<MergeOutput, Status>> {
+        loop {
+            if matches!(self.phase, Phase::Done) {
+                return None;
+            }
+            let step = match self.next_input().await {
+                Ok(kind) => self.take(kind),
+                Err(error) => Err(error.into()),
+            };
+            match step {
+                Ok(None) => continue,
+                Ok(Some(output)) => return Some(Ok(output)),
+                Err(status) => {
+                    self.phase = Phase::Done;
+                    return Some(Err(status));
+                }
+            }
+        }
+    }
+
+    async fn next_input(&mut self) -> Result<InputKind, MergerError> {
+        let message = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.inputs.message())
+                .await
+                .map_err(|_| MergerError::DeadlineExceeded)?,
+            None => self.inputs.message().await,
+        };
+        match message {
+            Ok(Some(MergeInput { kind: Some(kind) })) => Ok(kind),
+            Ok(Some(MergeInput { kind: None })) => Err(MergerError::InputWithoutKind),
+            Ok(None) => {
+                tracing::debug!("merge input ended before end; the client went away");
+                Err(MergerError::InputEndedBeforeEnd)
+            }
+            Err(status) => {
+                tracing::debug!(%status, "merge input broke; the client went away");
+                Err(MergerError::ClientWentAway(status.message().to_owned()))
+            }
+        }
+    }
+
+    /// Applies one input; returns what to send, if anything.
+    fn take(&mut self, kind: InputKind) -> Result<Option<MergeOutput>, Status> {
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        match (phase, kind) {
+            (Phase::AwaitingStart, InputKind::Start(start)) => {
+                tracing::debug!(
+                    request_id = %start.request_id,
+                    shard_count = start.shard_count,
+                    "merge started"
+                );
+                let state = self.merge.start(&start)?;
+                self.phase = Phase::Merging {
+                    state,
+                    enough_sent: false,
+                };
+                Ok(None)
+            }
+            (Phase::AwaitingStart, _) => Err(MergerError::FirstMessageNotStart.into()),
+            (Phase::Merging { .. }, InputKind::Start(_)) => Err(MergerError::StartSentTwice.into()),
+            (
+                Phase::Merging {
+                    mut state,
+                    enough_sent,
+                },
+                InputKind::Partial(partial),
+            ) => {
+                let progress = state.add(partial)?;
+                let enough = match progress {
+                    Progress::Enough(reason) if !enough_sent => Some(reason),
+                    Progress::Enough(_) | Progress::Continue => None,
+                };
+                self.phase = Phase::Merging {
+                    state,
+                    enough_sent: enough_sent || enough.is_some(),
+                };
+                Ok(enough.map(|reason| MergeOutput {
+                    kind: Some(OutputKind::Enough(Enough { reason })),
+                }))
+            }
+            (Phase::Merging { state, .. }, InputKind::End(end)) => {
+                let payload = state.finish(end)?;
+                Ok(Some(MergeOutput {
+                    kind: Some(OutputKind::Result(MergeResult {
+                        payload: Some(payload),
+                    })),
+                }))
+            }
+            // next_output never reads input once the call is done.
+            (Phase::Done, _) => Ok(None),
+        }
+    }
+}
