@@ -1,0 +1,19 @@
+//! What every request handler of the root shares: the replica sets of the
+//! shards, the merger, the known shard sizes and the timeout settings.
+
+use std::time::Duration;
+
+use fanout_merger::MergerEndpoint;
+
+use crate::replica::ReplicaSet;
+use crate::shard_info::ShardDocCounts;
+
+#[derive(Debug)]
+pub struct Cluster {
+    /// Index = shard id.
+    pub shards: Vec<ReplicaSet>,
+    pub merger: MergerEndpoint,
+    pub doc_counts: ShardDocCounts,
+    pub default_timeout: Duration,
+    pub deadline_margin: Duration,
+}

@@ -1,0 +1,308 @@
+//! Phase two of a search: the stored fields (and snippets) of the global
+//! top k. The merged hits are grouped by shard; each shard gets one
+//! `FetchRequest`, sent to the replica that answered phase one (failing over
+//! to another on retryable errors), all shards in parallel, within the same
+//! deadline. Hits come back in merged order.
+//!
+//! A shard whose fetch fails: with `allow_partial` its hits stay, with empty
+//! fields, and the coverage is marked partial; without it the request fails
+//! (UNAVAILABLE, or DEADLINE_EXCEEDED when the deadline passed).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU32;
+
+use fanout_proto::search::v1::{FetchRequest, FetchResponse, FetchedDoc, Hit, QueryMode, ShardHit};
+use fanout_proto::v1::{Coverage, ShardFailure};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::cluster::Cluster;
+use crate::error::{RootError, code_name};
+use crate::fanout::AnsweredShard;
+use crate::policy::CoveragePolicy;
+use crate::shard_call::{ShardCall, ShardCallOutcome, call_shard_with_failover};
+
+/// What to fetch for every hit.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub fields: Vec<String>,
+    pub snippets: bool,
+    pub query: String,
+    pub mode: QueryMode,
+}
+
+/// Why one shard's fetch did not deliver.
+struct FetchFailure {
+    shard_id: u32,
+    code: Code,
+    message: String,
+}
+
+/// Where and how phase two runs.
+pub struct FetchPhase<'a> {
+    pub cluster: &'a Cluster,
+    /// Phase one's answers by shard id: the replica to go back to.
+    pub answers: &'a [Option<AnsweredShard>],
+    pub options: &'a FetchOptions,
+    pub request_id: &'a str,
+    pub deadline: Instant,
+    pub policy: CoveragePolicy,
+}
+
+/// Turns the merged hits into `Hit`s with their stored fields, in order.
+/// Fetch failures tolerated by the policy are added to `coverage`.
+pub async fn fetch_hits(
+    phase: FetchPhase<'_>,
+    merged_hits: Vec<ShardHit>,
+    coverage: &mut Coverage,
+) -> Result<Vec<Hit>, RootError> {
+    let FetchPhase {
+        cluster,
+        answers,
+        options,
+        request_id,
+        deadline,
+        policy,
+    } = phase;
+    let mut hits: Vec<Hit> = merged_hits
+        .iter()
+        .map(|hit| Hit {
+            id: hit.id.clone(),
+            score: hit.score,
+            shard_id: hit.shard_id,
+            ..Hit::default()
+        })
+        .collect();
+    // Positions in the merged order of each shard's hits.
+    let mut positions_by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (position, hit) in merged_hits.iter().enumerate() {
+        positions_by_shard
+            .entry(hit.shard_id)
+            .or_default()
+            .push(position);
+    }
+
+    let mut failures: Vec<FetchFailure> = Vec::new();
+    let shard_count = cluster.shards.len();
+    let attempts: Vec<AtomicU32> = (0..shard_count).map(|_| AtomicU32::new(0)).collect();
+    let mut requests = Vec::new();
+    for (&shard_id, positions) in &positions_by_shard {
+        let Some(replica_set) = cluster.shards.get(shard_id as usize) else {
+            failures.push(FetchFailure {
+                shard_id,
+                code: Code::Internal,
+                message: format!("the merger returned hits of unknown shard {shard_id}"),
+            });
+            continue;
+        };
+        let answered = answers.get(shard_id as usize).cloned().flatten();
+        let request = FetchRequest {
+            hits: positions
+                .iter()
+                .map(|&position| merged_hits[position].clone())
+                .collect(),
+            generation: answered
+                .as_ref()
+                .map(|answered| answered.generation.clone())
+                .unwrap_or_default(),
+            fields: options.fields.clone(),
+            snippets: options.snippets,
+            query: options.query.clone(),
+            mode: options.mode as i32,
+        };
+        requests.push((
+            replica_set,
+            positions,
+            answered.map(|answered| answered.replica_index),
+            fanout_proto::any::pack(&request),
+        ));
+    }
+
+    let mut pending: FuturesUnordered<_> = requests
+        .iter()
+        .map(|(replica_set, positions, preferred_replica, payload)| {
+            let call = ShardCall {
+                replica_set,
+                payload,
+                request_id,
+                deadline,
+                preferred_replica: *preferred_replica,
+                attempts: &attempts[replica_set.shard_id as usize],
+            };
+            async move {
+                (
+                    replica_set.shard_id,
+                    *positions,
+                    call_shard_with_failover(call).await,
+                )
+            }
+        })
+        .collect();
+
+    while let Some((shard_id, positions, outcome)) = pending.next().await {
+        let failure = match outcome {
+            ShardCallOutcome::Answered(answer) => {
+                let payload = answer.response.payload.unwrap_or_default();
+                match fanout_proto::any::unpack::<FetchResponse>(&payload) {
+                    Ok(response) => {
+                        fill_hits(&mut hits, positions, response.docs);
+                        continue;
+                    }
+                    Err(error) => FetchFailure {
+                        shard_id,
+                        code: Code::Internal,
+                        message: format!("fetch answer unreadable: {error}"),
+                    },
+                }
+            }
+            ShardCallOutcome::Rejected(status) => return Err(RootError::LeafRejected(status)),
+            ShardCallOutcome::Failed(status) => FetchFailure {
+                shard_id,
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
+            ShardCallOutcome::TimedOut => FetchFailure {
+                shard_id,
+                code: Code::DeadlineExceeded,
+                message: "no fetch answer before the deadline".to_owned(),
+            },
+        };
+        if !policy.allow_partial {
+            // No point waiting for the other shards: the request fails.
+            failures.push(failure);
+            break;
+        }
+        failures.push(failure);
+    }
+    drop(pending);
+
+    if failures.is_empty() {
+        return Ok(hits);
+    }
+    if !policy.allow_partial {
+        return Err(fetch_error(&failures));
+    }
+    coverage.partial = true;
+    for failure in failures {
+        let FetchFailure {
+            shard_id,
+            code,
+            message,
+        } = failure;
+        tracing::debug!(shard_id, ?code, %message, "fetch failed; hits kept without fields");
+        coverage.failures.push(ShardFailure {
+            shard_id,
+            code: code_name(code).to_owned(),
+            message: format!("fetch failed: {message}"),
+        });
+    }
+    Ok(hits)
+}
+
+/// Copies the fetched fields into the hits at `positions` (the order the
+/// hits were sent in); a doc out of place is matched by id instead.
+fn fill_hits(hits: &mut [Hit], positions: &[usize], mut docs: Vec<FetchedDoc>) {
+    for (index, &position) in positions.iter().enumerate() {
+        let hit = &mut hits[position];
+        let in_place = docs.get(index).is_some_and(|doc| doc.id == hit.id);
+        let doc_index = if in_place {
+            Some(index)
+        } else {
+            docs.iter().position(|doc| doc.id == hit.id)
+        };
+        let Some(doc_index) = doc_index else {
+            tracing::warn!(id = %hit.id, "the fetch answer lacks a hit");
+            continue;
+        };
+        let doc = std::mem::take(&mut docs[doc_index]);
+        if !doc.found {
+            tracing::debug!(id = %hit.id, "hit no longer in its shard");
+        }
+        hit.fields = doc.fields;
+        hit.snippet = doc.snippet;
+    }
+}
+
+fn fetch_error(failures: &[FetchFailure]) -> RootError {
+    let described: Vec<String> = failures
+        .iter()
+        .map(|failure| {
+            format!(
+                "shard {} ({}: {})",
+                failure.shard_id,
+                code_name(failure.code),
+                failure.message
+            )
+        })
+        .collect();
+    let message = format!("fetching stored fields failed: {}", described.join("; "));
+    if failures
+        .iter()
+        .all(|failure| failure.code == Code::DeadlineExceeded)
+    {
+        RootError::DeadlineExceeded(message)
+    } else {
+        RootError::ShardsUnavailable(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(id: &str) -> Hit {
+        Hit {
+            id: id.to_owned(),
+            ..Hit::default()
+        }
+    }
+
+    fn doc(id: &str, title: &str) -> FetchedDoc {
+        FetchedDoc {
+            id: id.to_owned(),
+            fields: [("title".to_owned(), title.to_owned())].into(),
+            snippet: String::new(),
+            found: true,
+        }
+    }
+
+    #[test]
+    fn fills_hits_in_place_and_by_id_when_out_of_order() {
+        let mut hits = vec![hit("a"), hit("b"), hit("c")];
+        fill_hits(&mut hits, &[0, 2], vec![doc("a", "A"), doc("c", "C")]);
+        assert_eq!(hits[0].fields["title"], "A");
+        assert!(hits[1].fields.is_empty());
+        assert_eq!(hits[2].fields["title"], "C");
+
+        let mut hits = vec![hit("a"), hit("b")];
+        fill_hits(&mut hits, &[0, 1], vec![doc("b", "B"), doc("a", "A")]);
+        assert_eq!(hits[0].fields["title"], "A");
+        assert_eq!(hits[1].fields["title"], "B");
+    }
+
+    #[test]
+    fn a_fetch_that_only_timed_out_is_deadline_exceeded() {
+        let timed_out = FetchFailure {
+            shard_id: 1,
+            code: Code::DeadlineExceeded,
+            message: "late".into(),
+        };
+        assert!(matches!(
+            fetch_error(&[timed_out]),
+            RootError::DeadlineExceeded(_)
+        ));
+        let down = FetchFailure {
+            shard_id: 0,
+            code: Code::Unavailable,
+            message: "down".into(),
+        };
+        let error = fetch_error(&[down]);
+        assert!(matches!(error, RootError::ShardsUnavailable(_)));
+        assert!(
+            error.to_string().contains("shard 0 (UNAVAILABLE: down)"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! `fanout.search.v1.Search`: validate, fan the shard query out with the
+//! top-k merge (phase one), fetch the stored fields of the global winners
+//! (phase two), answer with hits, coverage and per-shard timings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_proto::search::v1::search_server::Search;
+use fanout_proto::search::v1::{
+    QueryMode, SearchRequest, SearchResponse, ShardSearchRequest, ShardSearchResponse,
+};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::cluster::Cluster;
+use crate::deadline::RequestDeadline;
+use crate::error::RootError;
+use crate::fanout::{FanOutRequest, fan_out_and_merge};
+use crate::fetch::{FetchOptions, FetchPhase, fetch_hits};
+use crate::policy::CoveragePolicy;
+use crate::request_id::request_id_for;
+
+/// Hits when a request asks for `k = 0`.
+pub const DEFAULT_K: u32 = 10;
+/// The most hits one request may ask for.
+pub const MAX_K: u32 = 10_000;
+/// Stored fields a hit can return.
+pub const FETCHABLE_FIELDS: [&str; 3] = ["id", "title", "text"];
+/// Fields returned when a request names none.
+pub const DEFAULT_FIELDS: [&str; 2] = ["id", "title"];
+/// With `allow_partial`, the share of the time phase one may use: shards
+/// still running then are given up so that phase two has time to fetch the
+/// fields of what did arrive. Without it phase one may use all the time
+/// (a shard that is merely slow must not fail the request).
+pub const PHASE_ONE_SHARE_WITH_PARTIAL: f64 = 0.8;
+
+/// The Search service.
+#[derive(Debug, Clone)]
+pub struct SearchService {
+    cluster: Arc<Cluster>,
+}
+
+/// A search request that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidatedSearch {
+    pub shard_request: ShardSearchRequest,
+    pub fetch: FetchOptions,
+    pub policy: CoveragePolicy,
+    /// `timeout_millis`, when set.
+    pub timeout: Option<Duration>,
+}
+
+/// Checks a request and turns it into what the leaves and phase two need.
+pub fn validate_search(request: SearchRequest) -> Result<ValidatedSearch, RootError> {
+    let invalid = |message: String| Err(RootError::InvalidRequest(message));
+    if request.query.trim().is_empty() {
+        return invalid("query is empty".to_owned());
+    }
+    let k = if request.k == 0 { DEFAULT_K } else { request.k };
+    if k > MAX_K {
+        return invalid(format!("k must be between 1 and {MAX_K}, got {k}"));
+    }
+    let Ok(mode) = QueryMode::try_from(request.mode) else {
+        return invalid(format!("unknown query mode {}", request.mode));
+    };
+    let mut fields: Vec<String> = Vec::new();
+    for field in &request.fields {
+        if !FETCHABLE_FIELDS.contains(&field.as_str()) {
+            return invalid(format!(
+                "unknown field {field:?}: expected one of {}",
+                FETCHABLE_FIELDS.join(", ")
+            ));
+        }
+        if !fields.contains(field) {
+            fields.push(field.clone());
+        }
+    }
+    if fields.is_empty() {
+        fields = DEFAULT_FIELDS
+            .iter()
+            .map(|field| (*field).to_owned())
+            .collect();
+    }
+    let policy = CoveragePolicy::new(request.allow_partial, request.min_coverage)?;
+    let timeout = (request.timeout_millis > 0)
+        .then(|| Duration::from_millis(u64::from(request.timeout_millis)));
+    Ok(ValidatedSearch {
+        shard_request: ShardSearchRequest {
+            query: request.query.clone(),
+            mode: mode as i32,
+            k,
+            filters: request.filters,
+            search_after: request.search_after,
+        },
+        fetch: FetchOptions {
+            fields,
+            snippets: request.snippets,
+            query: request.query,
+            mode,
+        },
+        policy,
+        timeout,
+    })
+}
+
+impl SearchService {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+
+    async fn search_in_two_phases(
+        &self,
+        started_at: Instant,
+        request_id: &str,
+        request: Request<SearchRequest>,
+    ) -> Result<SearchResponse, RootError> {
+        let cluster = &*self.cluster;
+        let (metadata, _, request) = request.into_parts();
+        let search = validate_search(request)?;
+        let deadline = RequestDeadline::for_request(
+            started_at,
+            &metadata,
+            search.timeout,
+            cluster.default_timeout,
+            cluster.deadline_margin,
+        )?;
+        let shard_deadline = if search.policy.allow_partial {
+            deadline.shortened_to(PHASE_ONE_SHARE_WITH_PARTIAL).deadline
+        } else {
+            deadline.deadline
+        };
+        let k = search.shard_request.k as usize;
+        let phase_one = fan_out_and_merge(
+            cluster,
+            FanOutRequest {
+                payload: fanout_proto::any::pack(&search.shard_request),
+                request_id,
+                shard_deadline,
+                deadline,
+                policy: search.policy,
+            },
+        )
+        .await?;
+        let mut merged: ShardSearchResponse = fanout_proto::any::unpack(&phase_one.merged)
+            .map_err(|error| {
+                RootError::Internal(format!(
+                    "the merger's answer is not a search result: {error}"
+                ))
+            })?;
+        merged.hits.truncate(k);
+
+        let mut coverage = phase_one.coverage;
+        let hits = fetch_hits(
+            FetchPhase {
+                cluster,
+                answers: &phase_one.answers,
+                options: &search.fetch,
+                request_id,
+                deadline: deadline.deadline,
+                policy: search.policy,
+            },
+            merged.hits,
+            &mut coverage,
+        )
+        .await?;
+        Ok(SearchResponse {
+            hits,
+            total_hits: merged.total_hits,
+            coverage: Some(coverage),
+            shards: phase_one.timings,
+            took_micros: started_at.elapsed().as_micros() as u64,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Search for SearchService {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        let started_at = Instant::now();
+        let request_id = request_id_for(request.metadata());
+        let span = tracing::info_span!("search", request_id = %request_id);
+        let result = self
+            .search_in_two_phases(started_at, &request_id, request)
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                tracing::info!(parent: &span, %error, "search failed");
+                Err(Status::from(error))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn request(query: &str) -> SearchRequest {
+        SearchRequest {
+            query: query.to_owned(),
+            ..SearchRequest::default()
+        }
+    }
+
+    fn invalid_message(request: SearchRequest) -> String {
+        let error = validate_search(request).unwrap_err();
+        let status = Status::from(error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        status.message().to_owned()
+    }
+
+    #[test]
+    fn applies_the_defaults() {
+        let search = validate_search(request("rust")).unwrap();
+        assert_eq!(search.shard_request.k, DEFAULT_K);
+        assert_eq!(search.fetch.fields, vec!["id", "title"]);
+        assert_eq!(search.timeout, None);
+        assert!(!search.policy.allow_partial);
+    }
+
+    #[test]
+    fn rejects_an_empty_query() {
+        assert_eq!(invalid_message(request("")), "query is empty");
+        assert_eq!(invalid_message(request(" \t\n")), "query is empty");
+    }
+
+    #[test]
+    fn bounds_k() {
+        let message = invalid_message(SearchRequest {
+            k: MAX_K + 1,
+            ..request("rust")
+        });
+        assert!(message.contains("between 1 and 10000"), "{message}");
+        let search = validate_search(SearchRequest {
+            k: MAX_K,
+            ..request("rust")
+        })
+        .unwrap();
+        assert_eq!(search.shard_request.k, MAX_K);
+    }
+
+    #[test]
+    fn checks_fields_mode_and_min_coverage() {
+        let message = invalid_message(SearchRequest {
+            fields: vec!["title".into(), "body".into()],
+            ..request("rust")
+        });
+        assert!(message.contains("\"body\""), "{message}");
+        let message = invalid_message(SearchRequest {
+            mode: 7,
+            ..request("rust")
+        });
+        assert!(message.contains("mode"), "{message}");
+        let message = invalid_message(SearchRequest {
+            allow_partial: true,
+            min_coverage: 1.5,
+            ..request("rust")
+        });
+        assert!(message.contains("min_coverage"), "{message}");
+        let search = validate_search(SearchRequest {
+            fields: vec!["text".into(), "text".into(), "id".into()],
+            timeout_millis: 250,
+            mode: QueryMode::Syntax as i32,
+            ..request("title:rust")
+        })
+        .unwrap();
+        assert_eq!(search.fetch.fields, vec!["text", "id"]);
+        assert_eq!(search.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(search.shard_request.mode, QueryMode::Syntax as i32);
+    }
+}

@@ -1,0 +1,406 @@
+//! Which replica of a shard gets the next attempt.
+//!
+//! Each replica has a peak-EWMA latency estimate (a slower answer replaces the
+//! estimate at once; faster answers pull it down with a time-based decay, and
+//! so does idleness, so a replica that was slow is probed again later) and a
+//! count of attempts in flight. Its cost is `(outstanding + 1) * estimate`.
+//! The primary is chosen by the power of two choices: two distinct random
+//! replicas, the cheaper wins. A replica whose attempt just failed with a
+//! retryable error (a refused connection, UNAVAILABLE) cools down for a while
+//! (doubling on repeated failures) and is chosen only when every other
+//! candidate is cooling down too.
+//!
+//! Every attempt goes through [`AttemptRecorder`]: the one place where
+//! latency, failures and cancellations are recorded.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Tuning of a [`ReplicaSelector`].
+#[derive(Debug, Clone, Copy)]
+pub struct SelectorOptions {
+    /// Estimate of a replica never heard from.
+    pub initial_latency: Duration,
+    /// Time constant of the EWMA decay.
+    pub decay: Duration,
+    /// Cool-down after the first failure; doubles with each further one.
+    pub cool_down: Duration,
+    /// The longest cool-down.
+    pub max_cool_down: Duration,
+}
+
+impl Default for SelectorOptions {
+    fn default() -> Self {
+        Self {
+            initial_latency: Duration::from_millis(5),
+            decay: Duration::from_secs(10),
+            cool_down: Duration::from_millis(500),
+            max_cool_down: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How an attempt that failed should weigh on its replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// A retryable failure (connection refused or reset, UNAVAILABLE,
+    /// RESOURCE_EXHAUSTED, ABORTED): the replica cools down.
+    Retryable,
+    /// The replica answered, with an error about the request or its shard:
+    /// it is not to blame for being slow or down.
+    Answered,
+    /// The deadline passed first: the elapsed time is a lower bound of the
+    /// replica's latency.
+    TimedOut,
+}
+
+/// Peak-EWMA and power-of-two-choices over the replicas of one shard.
+#[derive(Debug)]
+pub struct ReplicaSelector {
+    replicas: Vec<Mutex<ReplicaLoad>>,
+    options: SelectorOptions,
+    random_state: RandomState,
+    draws: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct ReplicaLoad {
+    latency_estimate_nanos: f64,
+    estimate_updated_at: Instant,
+    outstanding: u32,
+    consecutive_failures: u32,
+    cooling_until: Option<Instant>,
+}
+
+impl ReplicaLoad {
+    /// The estimate decayed towards zero by the time since its last update.
+    fn decayed_estimate(&self, now: Instant, decay: Duration) -> f64 {
+        let elapsed = now.saturating_duration_since(self.estimate_updated_at);
+        let weight = (-elapsed.as_secs_f64() / decay.as_secs_f64().max(1e-9)).exp();
+        self.latency_estimate_nanos * weight
+    }
+
+    fn cost(&self, now: Instant, decay: Duration) -> f64 {
+        self.decayed_estimate(now, decay) * f64::from(self.outstanding + 1)
+    }
+
+    fn is_cooling(&self, now: Instant) -> bool {
+        self.cooling_until.is_some_and(|until| now < until)
+    }
+
+    fn observe_latency(&mut self, latency: Duration, now: Instant, decay: Duration) {
+        let observed = latency.as_nanos() as f64;
+        if observed >= self.latency_estimate_nanos {
+            self.latency_estimate_nanos = observed;
+        } else {
+            let elapsed = now.saturating_duration_since(self.estimate_updated_at);
+            let weight = (-elapsed.as_secs_f64() / decay.as_secs_f64().max(1e-9)).exp();
+            self.latency_estimate_nanos =
+                self.latency_estimate_nanos * weight + observed * (1.0 - weight);
+        }
+        self.estimate_updated_at = now;
+    }
+
+    /// A lower bound on the latency: raises the estimate, never lowers it.
+    fn observe_latency_at_least(&mut self, latency: Duration, now: Instant) {
+        let observed = latency.as_nanos() as f64;
+        if observed > self.latency_estimate_nanos {
+            self.latency_estimate_nanos = observed;
+            self.estimate_updated_at = now;
+        }
+    }
+}
+
+impl ReplicaSelector {
+    pub fn new(replica_count: usize, options: SelectorOptions) -> Self {
+        let now = Instant::now();
+        let initial = ReplicaLoad {
+            latency_estimate_nanos: options.initial_latency.as_nanos() as f64,
+            estimate_updated_at: now,
+            outstanding: 0,
+            consecutive_failures: 0,
+            cooling_until: None,
+        };
+        Self {
+            replicas: (0..replica_count)
+                .map(|_| Mutex::new(initial.clone()))
+                .collect(),
+            options,
+            random_state: RandomState::new(),
+            draws: AtomicU64::new(0),
+        }
+    }
+
+    /// The replica for the next attempt, skipping those in `tried`: by the
+    /// power of two choices among the replicas not cooling down (or among
+    /// all untried ones when every one is cooling down). `None` when every
+    /// replica has been tried.
+    pub fn choose(&self, tried: &[usize]) -> Option<usize> {
+        let now = Instant::now();
+        let candidates: Vec<(usize, bool, f64)> = (0..self.replicas.len())
+            .filter(|index| !tried.contains(index))
+            .map(|index| {
+                let load = self.load(index);
+                (
+                    index,
+                    load.is_cooling(now),
+                    load.cost(now, self.options.decay),
+                )
+            })
+            .collect();
+        let ready: Vec<(usize, f64)> = candidates
+            .iter()
+            .filter(|(_, cooling, _)| !cooling)
+            .map(|&(index, _, cost)| (index, cost))
+            .collect();
+        let pool = if ready.is_empty() {
+            candidates
+                .iter()
+                .map(|&(index, _, cost)| (index, cost))
+                .collect()
+        } else {
+            ready
+        };
+        match pool.len() {
+            0 => None,
+            1 => Some(pool[0].0),
+            len => {
+                let first = self.random_below(len);
+                // A second draw among the others: distinct from the first.
+                let second = (first + 1 + self.random_below(len - 1)) % len;
+                let (a, b) = (pool[first], pool[second]);
+                Some(if b.1 < a.1 { b.0 } else { a.0 })
+            }
+        }
+    }
+
+    /// Starts an attempt on replica `index`; the recorder reports its end.
+    pub fn begin_attempt(&self, index: usize) -> AttemptRecorder<'_> {
+        self.with_load(index, |load| load.outstanding += 1);
+        AttemptRecorder {
+            selector: self,
+            index,
+            started_at: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Whether replica `index` is cooling down after a failure.
+    pub fn is_cooling(&self, index: usize) -> bool {
+        self.load(index).is_cooling(Instant::now())
+    }
+
+    /// Current `(outstanding + 1) * latency estimate` of replica `index`, in nanoseconds.
+    pub fn cost(&self, index: usize) -> f64 {
+        self.load(index).cost(Instant::now(), self.options.decay)
+    }
+
+    fn load(&self, index: usize) -> ReplicaLoad {
+        self.with_load(index, |load| load.clone())
+    }
+
+    fn with_load<T>(&self, index: usize, update: impl FnOnce(&mut ReplicaLoad) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-update of
+        // plain numbers; they are still usable.
+        let mut load = self.replicas[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        update(&mut load)
+    }
+
+    fn random_below(&self, bound: usize) -> usize {
+        let draw = self.draws.fetch_add(1, Ordering::Relaxed);
+        (self.random_state.hash_one(draw) % bound as u64) as usize
+    }
+
+    fn finish_attempt(&self, index: usize, started_at: Instant, outcome: Option<AttemptFailure>) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started_at);
+        let options = self.options;
+        self.with_load(index, |load| {
+            load.outstanding = load.outstanding.saturating_sub(1);
+            match outcome {
+                None => {
+                    load.observe_latency(elapsed, now, options.decay);
+                    load.consecutive_failures = 0;
+                    load.cooling_until = None;
+                }
+                Some(AttemptFailure::Answered) => {
+                    load.observe_latency(elapsed, now, options.decay);
+                }
+                Some(AttemptFailure::TimedOut) => {
+                    load.observe_latency_at_least(elapsed, now);
+                }
+                Some(AttemptFailure::Retryable) => {
+                    load.consecutive_failures = load.consecutive_failures.saturating_add(1);
+                    let doublings = load.consecutive_failures.saturating_sub(1).min(16);
+                    let cool_down = options
+                        .cool_down
+                        .saturating_mul(1 << doublings)
+                        .min(options.max_cool_down);
+                    load.cooling_until = Some(now + cool_down);
+                }
+            }
+        });
+    }
+}
+
+/// One attempt in flight on one replica. Report how it ended with
+/// [`succeeded`](Self::succeeded) or [`failed`](Self::failed); dropping it
+/// unreported (the attempt was cancelled) counts the elapsed time as a lower
+/// bound of the replica's latency.
+#[must_use = "report how the attempt ended"]
+pub struct AttemptRecorder<'a> {
+    selector: &'a ReplicaSelector,
+    index: usize,
+    started_at: Instant,
+    finished: bool,
+}
+
+impl AttemptRecorder<'_> {
+    pub fn succeeded(mut self) {
+        self.finish(None);
+    }
+
+    pub fn failed(mut self, failure: AttemptFailure) {
+        self.finish(Some(failure));
+    }
+
+    fn finish(&mut self, outcome: Option<AttemptFailure>) {
+        self.finished = true;
+        self.selector
+            .finish_attempt(self.index, self.started_at, outcome);
+    }
+}
+
+impl Drop for AttemptRecorder<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(Some(AttemptFailure::TimedOut));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    async fn record_success(selector: &ReplicaSelector, index: usize, latency: Duration) {
+        let attempt = selector.begin_attempt(index);
+        advance(latency).await;
+        attempt.succeeded();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prefers_the_lower_cost_replica() {
+        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        record_success(&selector, 0, Duration::from_millis(80)).await;
+        record_success(&selector, 1, Duration::from_millis(2)).await;
+        for _ in 0..50 {
+            assert_eq!(selector.choose(&[]), Some(1));
+        }
+        // Outstanding work counts too: 50 calls in flight on the fast replica
+        // make it costlier than the idle slow one.
+        let in_flight: Vec<_> = (0..50).map(|_| selector.begin_attempt(1)).collect();
+        assert!(selector.cost(1) > selector.cost(0));
+        assert_eq!(selector.choose(&[]), Some(0));
+        for attempt in in_flight {
+            attempt.succeeded();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_raises_the_estimate_at_once_and_it_decays_later() {
+        let selector = ReplicaSelector::new(1, SelectorOptions::default());
+        record_success(&selector, 0, Duration::from_millis(100)).await;
+        let peak = selector.cost(0);
+        assert!((peak - 100e6).abs() < 1e3, "{peak}");
+        advance(Duration::from_secs(10)).await;
+        let decayed = selector.cost(0);
+        assert!(decayed < peak * 0.5 && decayed > 0.0, "{decayed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_replica_is_avoided_during_its_cool_down() {
+        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        record_success(&selector, 0, Duration::from_millis(1)).await;
+        record_success(&selector, 1, Duration::from_millis(50)).await;
+        assert_eq!(selector.choose(&[]), Some(0));
+
+        selector.begin_attempt(0).failed(AttemptFailure::Retryable);
+        assert!(selector.is_cooling(0));
+        for _ in 0..20 {
+            assert_eq!(selector.choose(&[]), Some(1));
+        }
+        // Still chosen when it is the only replica left.
+        assert_eq!(selector.choose(&[1]), Some(0));
+
+        advance(Duration::from_millis(501)).await;
+        assert!(!selector.is_cooling(0));
+        assert_eq!(selector.choose(&[]), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_failures_lengthen_the_cool_down_and_success_ends_it() {
+        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        selector.begin_attempt(0).failed(AttemptFailure::Retryable);
+        advance(Duration::from_millis(501)).await;
+        selector.begin_attempt(0).failed(AttemptFailure::Retryable);
+        advance(Duration::from_millis(501)).await;
+        assert!(
+            selector.is_cooling(0),
+            "the second failure cools down for 1 s"
+        );
+        advance(Duration::from_millis(500)).await;
+        assert!(!selector.is_cooling(0));
+        selector.begin_attempt(0).failed(AttemptFailure::Retryable);
+        assert!(selector.is_cooling(0));
+        selector.begin_attempt(0).succeeded();
+        assert!(!selector.is_cooling(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn choose_skips_tried_replicas_and_runs_out() {
+        let selector = ReplicaSelector::new(3, SelectorOptions::default());
+        let first = selector.choose(&[]).unwrap();
+        let second = selector.choose(&[first]).unwrap();
+        assert_ne!(first, second);
+        let third = selector.choose(&[first, second]).unwrap();
+        assert!(third != first && third != second);
+        assert_eq!(selector.choose(&[0, 1, 2]), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_attempt_only_raises_the_estimate() {
+        let selector = ReplicaSelector::new(1, SelectorOptions::default());
+        let before = selector.cost(0);
+        let attempt = selector.begin_attempt(0);
+        advance(Duration::from_millis(1)).await;
+        drop(attempt);
+        let after = selector.cost(0);
+        assert!(
+            after <= before && after > before * 0.999,
+            "1 ms is below the 5 ms estimate: {after}"
+        );
+        let attempt = selector.begin_attempt(0);
+        advance(Duration::from_millis(40)).await;
+        drop(attempt);
+        assert!((selector.cost(0) - 40e6).abs() < 1e3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn both_choices_are_drawn_among_many_replicas() {
+        let selector = ReplicaSelector::new(4, SelectorOptions::default());
+        let mut seen = [0_u32; 4];
+        for _ in 0..400 {
+            seen[selector.choose(&[]).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&count| count > 0), "{seen:?}");
+    }
+}
