@@ -1,0 +1,92 @@
+//! Serving one shard over gRPC: [`LeafServer::open`] loads the shard (index,
+//! manifest, global statistics) and starts its search pool;
+//! [`LeafServer::serve`] serves `fanout.v1.Leaf` with health, reflection and
+//! compression on a listener the caller bound, until `shutdown` resolves.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fanout_proto::v1::leaf_server::LeafServer as LeafGrpcServer;
+use fanout_runtime::cpu_pool::CpuPool;
+use fanout_runtime::serve::{DrainOptions, GrpcService};
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use crate::LeafError;
+use crate::manifest::ShardManifest;
+use crate::service::LeafService;
+use crate::shard::ShardSearcher;
+
+/// How to run a leaf.
+#[derive(Debug, Clone)]
+pub struct LeafConfig {
+    /// A shard directory written by `build_index` (`<out_dir>/shard-<i>`).
+    pub shard_dir: PathBuf,
+    /// Threads of the search pool; 0 means one per core.
+    pub search_threads: usize,
+    pub drain: DrainOptions,
+}
+
+/// A leaf ready to serve its shard.
+pub struct LeafServer {
+    shard: Arc<ShardSearcher>,
+    service: LeafService,
+    drain: DrainOptions,
+}
+
+impl LeafServer {
+    /// Opens the shard and starts the search pool. Fails when the shard
+    /// directory is not a fanout shard or its global statistics belong to
+    /// another build.
+    pub fn open(config: LeafConfig) -> Result<LeafServer, LeafError> {
+        let shard = Arc::new(ShardSearcher::open(&config.shard_dir)?);
+        let search_threads = if config.search_threads == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            config.search_threads
+        };
+        let pool = CpuPool::new(
+            &format!("leaf-{}-search", shard.manifest().shard_id),
+            search_threads,
+        )?;
+        tracing::info!(
+            shard = shard.manifest().shard_id,
+            shard_count = shard.manifest().shard_count,
+            generation = %shard.manifest().generation,
+            docs = shard.doc_count(),
+            search_threads,
+            "shard opened"
+        );
+        let service = LeafService::new(Arc::clone(&shard), pool, search_threads);
+        Ok(LeafServer {
+            shard,
+            service,
+            drain: config.drain,
+        })
+    }
+
+    pub fn manifest(&self) -> &ShardManifest {
+        self.shard.manifest()
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), LeafError> {
+        let leaf = LeafGrpcServer::new(self.service)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip);
+        let routes = Routes::new(leaf);
+        let service_names = vec![<LeafGrpcServer<LeafService> as NamedService>::NAME];
+        GrpcService::new(routes, service_names)
+            .serve(listener, self.drain, shutdown)
+            .await?;
+        Ok(())
+    }
+}
