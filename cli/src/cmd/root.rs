@@ -1,0 +1,107 @@
+//! `fanout root`: the public Search and Root APIs over a topology of leaves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fanout_root::{DEFAULT_DEADLINE_MARGIN, RootConfig, RootServer, Topology};
+use fanout_runtime::{announce, shutdown};
+use tokio::net::TcpListener;
+
+use crate::cmd::{drain_options, grpc_url};
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("shards_from").required(true).multiple(false)
+    .args(["topology", "shard"]))]
+pub struct RootArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051", env = "FANOUT_LISTEN")]
+    pub listen: SocketAddr,
+    /// TOML topology file: `[[shards]]` tables with `id` and `replicas`.
+    #[arg(long, env = "FANOUT_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+    /// One shard's replicas, `ID=ADDR,ADDR`; repeat once per shard
+    /// (in FANOUT_SHARD, separate shards with `;`).
+    #[arg(
+        long,
+        value_name = "ID=ADDR,ADDR",
+        env = "FANOUT_SHARD",
+        value_delimiter = ';'
+    )]
+    pub shard: Vec<String>,
+    /// URL of a merger process (`http://127.0.0.1:7000`); without it the root merges in-process.
+    #[arg(long, env = "FANOUT_MERGER")]
+    pub merger: Option<String>,
+    /// Time limit of a request whose caller sets none, in milliseconds.
+    #[arg(long, default_value_t = 10_000, env = "FANOUT_DEFAULT_TIMEOUT_MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub default_timeout_ms: u64,
+    /// On shutdown, report NOT_SERVING this long before refusing new calls.
+    #[arg(long, default_value_t = 0, env = "FANOUT_DRAIN_DELAY_MS")]
+    pub drain_delay_ms: u64,
+}
+
+/// Validated `fanout root`.
+pub struct RootPlan {
+    config: RootConfig,
+    listen: SocketAddr,
+}
+
+impl RootArgs {
+    pub fn validate(self) -> anyhow::Result<RootPlan> {
+        let topology = match (&self.topology, self.shard.is_empty()) {
+            (Some(path), true) => Topology::from_toml_file(path)
+                .with_context(|| format!("bad --topology {}", path.display()))?,
+            (None, false) => Topology::from_shard_flags(&self.shard).context("bad --shard")?,
+            _ => bail!(
+                "give either --topology FILE or --shard ID=ADDR,... (one per shard), not both"
+            ),
+        };
+        let merger = match &self.merger {
+            Some(merger) => Some(grpc_url("--merger", merger)?),
+            None => None,
+        };
+        let config = RootConfig {
+            topology,
+            merger,
+            default_timeout: Duration::from_millis(self.default_timeout_ms),
+            deadline_margin: DEFAULT_DEADLINE_MARGIN,
+            drain: drain_options(self.drain_delay_ms),
+        };
+        config.validate().context("bad root configuration")?;
+        Ok(RootPlan {
+            config,
+            listen: self.listen,
+        })
+    }
+}
+
+pub async fn run(plan: RootPlan) -> anyhow::Result<ExitCode> {
+    let RootPlan { config, listen } = plan;
+    let shard_count = config.topology.shards.len();
+    let merger = config.merger.clone();
+    let server = RootServer::new(config)
+        .await
+        .context("cannot start the root")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local_addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    tracing::info!(
+        %local_addr,
+        shard_count,
+        merger = merger.as_deref().unwrap_or("embedded"),
+        "root serving"
+    );
+    announce::announce_listening("root", local_addr);
+    server
+        .serve(listener, shutdown::signal())
+        .await
+        .context("the root stopped with an error")?;
+    Ok(ExitCode::SUCCESS)
+}
