@@ -1,1 +1,42 @@
-//! placeholder
+//! fanout's open-loop load generator (`fanout loadgen`), usable as a library by
+//! the benchmark scenarios.
+//!
+//! Requests leave at the instants an arrival schedule dictates, whatever the
+//! server does, and each latency is measured from the request's *intended*
+//! send time (wrk2's correction for coordinated omission): a stalled server
+//! shows up as many slow requests, not as one slow request and a quiet gap.
+//!
+//! Map of the modules, in the order a run uses them:
+//! - [`schedule`]: arrival schedules (constant rate, Poisson), reproducible by seed.
+//! - [`seeded_random`]: the small seeded PRNG behind Poisson gaps and query shuffling.
+//! - [`queries`]: query sources (plain text, search-benchmark-game JSONL, BEIR
+//!   `queries.jsonl`), their order, and cycling through them.
+//! - [`target`]: what is driven (`Search/Search`, `Leaf/Execute`, `Root/Query`) over
+//!   several HTTP/2 connections, and what one call's outcome was.
+//! - [`runner`]: [`run_load`]: the launcher thread that keeps the schedule, the
+//!   in-flight cap, and the collector that records every completion.
+//! - [`report`]: [`RunReport`], the result of a run (also the JSON report, schema in
+//!   `REPORT_SCHEMA.md`), and its text summary.
+//! - [`interval_log`]: the HdrHistogram interval log, one histogram a second.
+//! - [`plot`]: latency-by-percentile plots of one or several reports (PNG).
+//! - [`cli`]: [`LoadgenArgs`] and [`run`], the `fanout loadgen run | plot` front end.
+//! - [`error`]: [`LoadgenError`], the crate's one error type.
+
+pub mod cli;
+pub mod error;
+pub mod interval_log;
+pub mod plot;
+pub mod queries;
+pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod seeded_random;
+pub mod target;
+
+pub use cli::{LoadgenArgs, LoadgenCommand, PlotArgs, RunArgs, run};
+pub use error::LoadgenError;
+pub use queries::{QueryFormat, QueryOrder, QuerySet};
+pub use report::RunReport;
+pub use runner::{RunOptions, StopCondition, run_load, run_load_until};
+pub use schedule::{ArrivalProcess, Schedule};
+pub use target::{LoadTarget, RequestTemplate, TargetKind, TargetSpec};

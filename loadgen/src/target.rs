@@ -1,0 +1,437 @@
+//! What a run drives, over several HTTP/2 connections used round-robin.
+//!
+//! - `search`: the root's typed `fanout.search.v1.Search/Search`.
+//! - `leaf`: one leaf directly, `fanout.v1.Leaf/Execute` with the query packed
+//!   as a `ShardSearchRequest` (what the root sends each shard).
+//! - `query`: the root's generic `fanout.v1.Root/Query`, with either a fixed
+//!   payload (an encoded `google.protobuf.Any` read from a file) or, without
+//!   one, each query packed as a `ShardSearchRequest`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fanout_proto::Any;
+use fanout_proto::search::v1::search_client::SearchClient;
+use fanout_proto::search::v1::{QueryMode, SearchRequest, ShardSearchRequest};
+use fanout_proto::v1::leaf_client::LeafClient;
+use fanout_proto::v1::root_client::RootClient;
+use fanout_proto::v1::{Coverage, ExecuteRequest, QueryRequest, ShardTiming};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::error::LoadgenError;
+
+/// How long connecting one connection may take before the run gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// The root's `fanout.search.v1.Search/Search`.
+    Search,
+    /// One leaf's `fanout.v1.Leaf/Execute` with a `ShardSearchRequest` payload.
+    Leaf,
+    /// The root's generic `fanout.v1.Root/Query`.
+    Query,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Search => "search",
+            TargetKind::Leaf => "leaf",
+            TargetKind::Query => "query",
+        }
+    }
+
+    /// The full gRPC method this target calls.
+    pub fn method(self) -> &'static str {
+        match self {
+            TargetKind::Search => "/fanout.search.v1.Search/Search",
+            TargetKind::Leaf => "/fanout.v1.Leaf/Execute",
+            TargetKind::Query => "/fanout.v1.Root/Query",
+        }
+    }
+}
+
+/// What every request carries besides its query text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestTemplate {
+    /// Hits asked for (`SearchRequest.k`, `ShardSearchRequest.k`).
+    pub k: u32,
+    pub mode: QueryMode,
+    /// `search` and `query`: answer with the shards that answered.
+    pub allow_partial: bool,
+    /// `search` and `query`: with `allow_partial`, the least fraction of shards.
+    pub min_coverage: f64,
+    /// `search`: ask for snippets (the second phase does more work).
+    pub snippets: bool,
+    /// `leaf`: the shard id sent in `ExecuteRequest.shard_id`.
+    pub shard_id: u32,
+    /// `query`: a fixed payload sent instead of the packed query text.
+    pub payload: Option<Any>,
+}
+
+impl Default for RequestTemplate {
+    fn default() -> RequestTemplate {
+        RequestTemplate {
+            k: 10,
+            mode: QueryMode::Natural,
+            allow_partial: false,
+            min_coverage: 0.0,
+            snippets: false,
+            shard_id: 0,
+            payload: None,
+        }
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSpec {
+    pub kind: TargetKind,
+    /// `http://host:port` or `host:port`.
+    pub addr: String,
+    /// HTTP/2 connections opened and used round-robin (at least 1).
+    pub connections: usize,
+    pub request: RequestTemplate,
+}
+
+/// Connected target; cheap to clone (the connections are shared).
+#[derive(Debug, Clone)]
+pub struct LoadTarget {
+    kind: TargetKind,
+    addr: String,
+    channels: Arc<[Channel]>,
+    next_channel: Arc<AtomicUsize>,
+    request: Arc<RequestTemplate>,
+}
+
+/// What the responses said about coverage and hedging (`search` and `query` only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseCoverage {
+    pub partial: bool,
+    pub hedges: u64,
+    pub retries: u64,
+}
+
+/// The outcome of one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallOutcome {
+    pub code: Code,
+    /// The status message of a failed call.
+    pub error_message: Option<String>,
+    /// From a successful `search` or `query` response.
+    pub coverage: Option<ResponseCoverage>,
+}
+
+impl CallOutcome {
+    fn from_status(status: Status) -> CallOutcome {
+        CallOutcome {
+            code: status.code(),
+            error_message: Some(status.message().to_string()),
+            coverage: None,
+        }
+    }
+
+    fn ok(coverage: Option<ResponseCoverage>) -> CallOutcome {
+        CallOutcome {
+            code: Code::Ok,
+            error_message: None,
+            coverage,
+        }
+    }
+}
+
+/// `host:port` becomes `http://host:port`; URLs are checked.
+pub fn normalize_address(addr: &str) -> Result<String, LoadgenError> {
+    let trimmed = addr.trim();
+    if trimmed.is_empty() {
+        return Err(LoadgenError::InvalidAddress {
+            addr: addr.to_string(),
+            reason: "empty".to_string(),
+        });
+    }
+    let url = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    if let Err(error) = url.parse::<tonic::codegen::http::Uri>() {
+        return Err(LoadgenError::InvalidAddress {
+            addr: addr.to_string(),
+            reason: error.to_string(),
+        });
+    }
+    Ok(url)
+}
+
+impl LoadTarget {
+    /// Opens `spec.connections` connections (each its own HTTP/2 connection) and
+    /// fails if any cannot be opened within a few seconds.
+    pub async fn connect(spec: TargetSpec) -> Result<LoadTarget, LoadgenError> {
+        if spec.connections == 0 {
+            return Err(LoadgenError::InvalidOption(
+                "connections must be at least 1".to_string(),
+            ));
+        }
+        let addr = normalize_address(&spec.addr)?;
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|error| LoadgenError::InvalidAddress {
+                addr: addr.clone(),
+                reason: error_chain(&error),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let mut channels = Vec::with_capacity(spec.connections);
+        for _ in 0..spec.connections {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|error| LoadgenError::Connect {
+                    addr: addr.clone(),
+                    reason: error_chain(&error),
+                })?;
+            channels.push(channel);
+        }
+        Ok(LoadTarget {
+            kind: spec.kind,
+            addr,
+            channels: channels.into(),
+            next_channel: Arc::new(AtomicUsize::new(0)),
+            request: Arc::new(spec.request),
+        })
+    }
+
+    pub fn kind(&self) -> TargetKind {
+        self.kind
+    }
+
+    /// The URL connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn connections(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn request(&self) -> &RequestTemplate {
+        &self.request
+    }
+
+    fn pick_channel(&self) -> Channel {
+        let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[index].clone()
+    }
+
+    /// Sends one request carrying `query`; gives up after `timeout`
+    /// (DEADLINE_EXCEEDED), which also travels to the server as `grpc-timeout`.
+    pub async fn call(&self, query: &str, timeout: Duration, request_number: u64) -> CallOutcome {
+        let channel = self.pick_channel();
+        let template = &*self.request;
+        let call = async {
+            match self.kind {
+                TargetKind::Search => {
+                    let mut request = tonic::Request::new(SearchRequest {
+                        query: query.to_string(),
+                        k: template.k,
+                        mode: template.mode as i32,
+                        allow_partial: template.allow_partial,
+                        min_coverage: template.min_coverage,
+                        snippets: template.snippets,
+                        ..Default::default()
+                    });
+                    request.set_timeout(timeout);
+                    match SearchClient::new(channel).search(request).await {
+                        Ok(response) => {
+                            let response = response.into_inner();
+                            CallOutcome::ok(Some(coverage_seen(
+                                response.coverage.as_ref(),
+                                &response.shards,
+                            )))
+                        }
+                        Err(status) => CallOutcome::from_status(status),
+                    }
+                }
+                TargetKind::Leaf => {
+                    let mut request = tonic::Request::new(ExecuteRequest {
+                        payload: Some(shard_search_payload(query, template)),
+                        shard_id: template.shard_id,
+                        attempt: 0,
+                        request_id: format!("loadgen-{request_number}"),
+                    });
+                    request.set_timeout(timeout);
+                    match LeafClient::new(channel).execute(request).await {
+                        Ok(_) => CallOutcome::ok(None),
+                        Err(status) => CallOutcome::from_status(status),
+                    }
+                }
+                TargetKind::Query => {
+                    let payload = match &template.payload {
+                        Some(payload) => payload.clone(),
+                        None => shard_search_payload(query, template),
+                    };
+                    let mut request = tonic::Request::new(QueryRequest {
+                        payload: Some(payload),
+                        allow_partial: template.allow_partial,
+                        min_coverage: template.min_coverage,
+                    });
+                    request.set_timeout(timeout);
+                    match RootClient::new(channel).query(request).await {
+                        Ok(response) => {
+                            let response = response.into_inner();
+                            CallOutcome::ok(Some(coverage_seen(
+                                response.coverage.as_ref(),
+                                &response.shards,
+                            )))
+                        }
+                        Err(status) => CallOutcome::from_status(status),
+                    }
+                }
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let timed_out = || CallOutcome {
+            code: Code::DeadlineExceeded,
+            error_message: Some(format!(
+                "no response within the {} ms timeout",
+                timeout.as_millis()
+            )),
+            coverage: None,
+        };
+        match tokio::time::timeout(timeout, call).await {
+            // A tonic server enforces the grpc-timeout it was sent and answers
+            // CANCELLED when it expires; that is this request's deadline, too.
+            Ok(outcome) if outcome.code == Code::Cancelled && started.elapsed() >= timeout => {
+                timed_out()
+            }
+            Ok(outcome) => outcome,
+            Err(_elapsed) => timed_out(),
+        }
+    }
+}
+
+fn shard_search_payload(query: &str, template: &RequestTemplate) -> Any {
+    fanout_proto::any::pack(&ShardSearchRequest {
+        query: query.to_string(),
+        mode: template.mode as i32,
+        k: template.k,
+        ..Default::default()
+    })
+}
+
+fn coverage_seen(coverage: Option<&Coverage>, shards: &[ShardTiming]) -> ResponseCoverage {
+    ResponseCoverage {
+        partial: coverage.is_some_and(|coverage| coverage.partial),
+        hedges: shards.iter().map(|shard| u64::from(shard.hedges)).sum(),
+        retries: shards.iter().map(|shard| u64::from(shard.retries)).sum(),
+    }
+}
+
+/// The canonical upper-case name of a gRPC status code, as grpc-go and ghz print it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// An error and its sources on one line (tonic's transport errors say little at the top).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(
+            normalize_address("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_address("https://search.example:443").unwrap(),
+            "https://search.example:443"
+        );
+        assert!(normalize_address("").is_err());
+        assert!(normalize_address("http://bad host:1").is_err());
+    }
+
+    #[test]
+    fn coverage_sums_hedges_and_retries_over_shards() {
+        let shards = [
+            ShardTiming {
+                hedges: 1,
+                retries: 0,
+                ..Default::default()
+            },
+            ShardTiming {
+                hedges: 2,
+                retries: 1,
+                ..Default::default()
+            },
+        ];
+        let coverage = Coverage {
+            partial: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            coverage_seen(Some(&coverage), &shards),
+            ResponseCoverage {
+                partial: true,
+                hedges: 3,
+                retries: 1
+            }
+        );
+        assert_eq!(coverage_seen(None, &[]), ResponseCoverage::default());
+    }
+
+    #[tokio::test]
+    async fn connecting_to_a_closed_port_fails_with_the_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let error = LoadTarget::connect(TargetSpec {
+            kind: TargetKind::Search,
+            addr: addr.to_string(),
+            connections: 1,
+            request: RequestTemplate::default(),
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&error, LoadgenError::Connect { addr: url, .. } if url.ends_with(&addr.port().to_string())),
+            "{error}"
+        );
+    }
+}
