@@ -43,6 +43,8 @@ pub enum Command {
     Search(search::SearchArgs),
     /// Measure relevance on a BEIR test set (nDCG@10, Recall@100, MAP@100).
     Eval(eval::EvalArgs),
+    /// Open-loop load generation against a root or a leaf, and latency plots.
+    Loadgen(fanout_loadgen::LoadgenArgs),
 }
 
 /// A subcommand whose configuration has been checked.
@@ -54,6 +56,7 @@ pub enum Validated {
     Up(up::UpPlan),
     Search(search::SearchArgs),
     Eval(eval::EvalPlan),
+    Loadgen(fanout_loadgen::LoadgenArgs),
 }
 
 impl Command {
@@ -67,6 +70,10 @@ impl Command {
             Command::Up(args) => Validated::Up(args.validate()?),
             Command::Search(args) => Validated::Search(args.validate()?),
             Command::Eval(args) => Validated::Eval(args.validate()?),
+            Command::Loadgen(args) => {
+                args.validate()?;
+                Validated::Loadgen(args)
+            }
         })
     }
 }
@@ -82,6 +89,10 @@ impl Validated {
             Validated::Up(plan) => up::run(plan, log_format).await,
             Validated::Search(args) => search::run(args).await,
             Validated::Eval(plan) => eval::run(plan).await,
+            Validated::Loadgen(args) => {
+                fanout_loadgen::run(args).await?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }
