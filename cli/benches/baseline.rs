@@ -25,7 +25,8 @@ use anyhow::{Context, bail};
 use fanout_leaf::{SearchFields, ShardSearcher, build_schema, register_tokenizers};
 use fanout_proto::search::v1::{FetchRequest, SearchRequest, ShardSearchRequest};
 use fanout_tests::{
-    Cluster, ClusterOptions, CorpusSpec, FanoutBinary, IndexFixture, MergerPlacement, workspace_root,
+    Cluster, ClusterOptions, CorpusSpec, FanoutBinary, IndexFixture, MergerPlacement,
+    workspace_root,
 };
 use hdrhistogram::Histogram;
 
@@ -37,7 +38,10 @@ fn main() -> anyhow::Result<()> {
     let binary = FanoutBinary::new(env!("CARGO_BIN_EXE_fanout"), env!("CARGO_TARGET_TMPDIR"));
     let corpus = workspace_root().join("data/debian-descriptions.jsonl.gz");
     println!("fanout baseline benchmark");
-    println!("machine: {} cores", std::thread::available_parallelism()?.get());
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism()?.get()
+    );
     println!("corpus: {}", corpus.display());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -63,10 +67,18 @@ async fn search_latency(binary: &FanoutBinary, corpus: &Path) -> anyhow::Result<
     println!(
         "\n== search latency: root (4 shards x 2 replicas, merger process) vs one in-process index"
     );
-    println!("queries: {} (+{WARMUP_QUERIES} warm-up), k = {K}, one request at a time", queries.len());
+    println!(
+        "queries: {} (+{WARMUP_QUERIES} warm-up), k = {K}, one request at a time",
+        queries.len()
+    );
     let sharded = IndexFixture::cached(binary, &debian_spec(4))?;
     let single = IndexFixture::cached(binary, &debian_spec(1))?;
-    println!("indexes: {} (4 shards), {} (1 shard), {}", sharded.dir().display(), single.dir().display(), corpus.display());
+    println!(
+        "indexes: {} (4 shards), {} (1 shard), {}",
+        sharded.dir().display(),
+        single.dir().display(),
+        corpus.display()
+    );
 
     let cluster = Cluster::start(
         binary,
@@ -137,8 +149,14 @@ async fn search_latency(binary: &FanoutBinary, corpus: &Path) -> anyhow::Result<
     }
     drop(cluster);
 
-    println!("{:<28} {:>10} {:>10} {:>10} {:>10}", "", "p50", "p90", "p99", "mean");
-    for (name, histogram) in [("one in-process index", &in_process), ("root, 4x2 cluster", &through_root)] {
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>10}",
+        "", "p50", "p90", "p99", "mean"
+    );
+    for (name, histogram) in [
+        ("one in-process index", &in_process),
+        ("root, 4x2 cluster", &through_root),
+    ] {
         println!(
             "{name:<28} {:>10} {:>10} {:>10} {:>10}",
             millis(histogram.value_at_quantile(0.50)),
@@ -167,7 +185,9 @@ fn indexing_rate(binary: &FanoutBinary, corpus: &Path) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism()?.get();
     const MEMORY_MB: usize = 256;
     println!("\n== indexing rate: `fanout index --shards 4` vs one tantivy IndexWriter");
-    println!("memory {MEMORY_MB} MB and {threads} threads for both; {rounds} alternating rounds; best round kept");
+    println!(
+        "memory {MEMORY_MB} MB and {threads} threads for both; {rounds} alternating rounds; best round kept"
+    );
     let documents = read_documents(corpus)?;
     let scratch = tempdir(binary, "bench-index")?;
 
@@ -217,7 +237,10 @@ fn indexing_rate(binary: &FanoutBinary, corpus: &Path) -> anyhow::Result<()> {
         documents.len(),
         best_single.as_secs_f64()
     );
-    println!("ratio fanout / single writer: {:.2}x the rate", fanout_rate / single_rate);
+    println!(
+        "ratio fanout / single writer: {:.2}x the rate",
+        fanout_rate / single_rate
+    );
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
@@ -249,7 +272,12 @@ fn read_documents(corpus: &Path) -> anyhow::Result<Vec<Document>> {
     Ok(documents)
 }
 
-fn single_writer(documents: &[Document], out: &Path, memory: usize, threads: usize) -> anyhow::Result<()> {
+fn single_writer(
+    documents: &[Document],
+    out: &Path,
+    memory: usize,
+    threads: usize,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let schema = build_schema();
     let fields = SearchFields::from_schema(&schema)?;
@@ -289,7 +317,12 @@ fn load_queries() -> anyhow::Result<Vec<String>> {
             let line = line.trim();
             if line.starts_with('{') {
                 let value: serde_json::Value = serde_json::from_str(line).ok()?;
-                Some(value["text"].as_str().or(value["query"].as_str())?.to_owned())
+                Some(
+                    value["text"]
+                        .as_str()
+                        .or(value["query"].as_str())?
+                        .to_owned(),
+                )
             } else {
                 Some(line.to_owned())
             }
@@ -304,7 +337,9 @@ fn load_queries() -> anyhow::Result<Vec<String>> {
 }
 
 fn tempdir(binary: &FanoutBinary, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = binary.scratch_root().join(format!("{name}-{}", std::process::id()));
+    let dir = binary
+        .scratch_root()
+        .join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -314,5 +349,6 @@ fn millis(micros: u64) -> String {
 }
 
 fn ratio(numerator: &Histogram<u64>, denominator: &Histogram<u64>, quantile: f64) -> f64 {
-    numerator.value_at_quantile(quantile) as f64 / denominator.value_at_quantile(quantile).max(1) as f64
+    numerator.value_at_quantile(quantile) as f64
+        / denominator.value_at_quantile(quantile).max(1) as f64
 }

@@ -53,7 +53,10 @@ mod tests {
 
     #[test]
     fn metadata_overrides_the_code() {
-        assert!(!is_retryable(&with_retryable(Status::unavailable("x"), false)));
+        assert!(!is_retryable(&with_retryable(
+            Status::unavailable("x"),
+            false
+        )));
         assert!(is_retryable(&with_retryable(Status::internal("x"), true)));
     }
 }

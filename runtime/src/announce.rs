@@ -33,7 +33,8 @@ mod tests {
 
     #[test]
     fn parses_what_it_announces() {
-        let (role, addr) = parse_listening_line("fanout leaf listening on 127.0.0.1:4000\n").unwrap();
+        let (role, addr) =
+            parse_listening_line("fanout leaf listening on 127.0.0.1:4000\n").unwrap();
         assert_eq!(role, "leaf");
         assert_eq!(addr, "127.0.0.1:4000".parse().unwrap());
         assert!(parse_listening_line("some log line").is_none());

@@ -21,11 +21,11 @@ pub struct CpuPool {
 pub struct CpuPoolStats {
     /// Tasks queued or running now.
     pub in_flight: AtomicUsize,
-    /// Tasks that ran to completion.
+    /// Tasks that ran to completion (whether or not anybody still waited).
     pub completed: AtomicU64,
     /// Tasks skipped because their caller was gone before they started.
     pub skipped: AtomicU64,
-    /// Tasks that ran but whose caller was gone when they finished.
+    /// Completed tasks whose caller was gone when they finished: wasted work.
     pub abandoned: AtomicU64,
 }
 
@@ -86,10 +86,10 @@ impl CpuPool {
                 return;
             }
             let output = work(&Cancellation { sender: &sender });
+            // Counted before the send, so a caller that sees the output also sees the count.
+            stats.completed.fetch_add(1, Ordering::Relaxed);
             if sender.send(output).is_err() {
                 stats.abandoned.fetch_add(1, Ordering::Relaxed);
-            } else {
-                stats.completed.fetch_add(1, Ordering::Relaxed);
             }
         });
         async move { receiver.await.map_err(|_| TaskGone) }

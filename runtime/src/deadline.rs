@@ -83,15 +83,24 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2H").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_grpc_timeout("3M").unwrap(), Duration::from_secs(180));
         assert_eq!(parse_grpc_timeout("4S").unwrap(), Duration::from_secs(4));
-        assert_eq!(parse_grpc_timeout("150m").unwrap(), Duration::from_millis(150));
-        assert_eq!(parse_grpc_timeout("99999999u").unwrap(), Duration::from_micros(99_999_999));
+        assert_eq!(
+            parse_grpc_timeout("150m").unwrap(),
+            Duration::from_millis(150)
+        );
+        assert_eq!(
+            parse_grpc_timeout("99999999u").unwrap(),
+            Duration::from_micros(99_999_999)
+        );
         assert_eq!(parse_grpc_timeout("7n").unwrap(), Duration::from_nanos(7));
     }
 
     #[test]
     fn rejects_malformed_values() {
         for bad in ["", "m", "10", "10x", "123456789m", "-5m", "1.5S", "ém"] {
-            assert!(parse_grpc_timeout(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                parse_grpc_timeout(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -129,7 +129,9 @@ impl GrpcService {
                     .set_service_status(*name, ServingStatus::NotServing)
                     .await;
             }
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             tokio::time::sleep(drain.drain_delay).await;
             let _ = draining_tx.send(());
         };
@@ -156,4 +158,3 @@ impl GrpcService {
         Ok(())
     }
 }
-
