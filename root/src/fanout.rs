@@ -75,6 +75,13 @@ pub async fn fan_out_and_merge(
         deadline,
         policy,
     } = request;
+    if deadline.has_passed() {
+        // No leaf can answer in no time: spare them the work.
+        return Err(RootError::DeadlineExceeded(
+            "the request's time limit is within the root's deadline margin: no shard was asked"
+                .to_owned(),
+        ));
+    }
     let shard_count = cluster.shards.len();
     let remaining = deadline.remaining();
     let start = MergeStart {
