@@ -53,6 +53,11 @@ pub enum LeafError {
     #[error("leaf overloaded: {in_flight} calls in flight, limit {limit}")]
     Overloaded { in_flight: u32, limit: u32 },
 
+    // ---- an injected fault (UNAVAILABLE, retryable) ----
+    /// `--fault unavailable=P` drew this call.
+    #[error("injected fault: unavailable")]
+    InjectedUnavailable,
+
     // ---- the caller went away (CANCELLED) ----
     #[error("the call was cancelled before its work finished")]
     Cancelled,
@@ -148,6 +153,7 @@ impl From<LeafError> for tonic::Status {
             | LeafError::MalformedPayload(_) => tonic::Status::invalid_argument(message),
             LeafError::WrongShard { .. } => tonic::Status::failed_precondition(message),
             LeafError::Overloaded { .. } => tonic::Status::resource_exhausted(message),
+            LeafError::InjectedUnavailable => tonic::Status::unavailable(message),
             LeafError::Cancelled => tonic::Status::cancelled(message),
             LeafError::InvalidBuildOptions(_)
             | LeafError::BadLine { .. }
@@ -203,6 +209,7 @@ mod tests {
                 },
                 Code::ResourceExhausted,
             ),
+            (LeafError::InjectedUnavailable, Code::Unavailable),
             (
                 LeafError::io("/x", std::io::Error::other("disk on fire")),
                 Code::Internal,

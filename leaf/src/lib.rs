@@ -18,6 +18,9 @@
 //!   `search_after`, total hit count).
 //! - [`shard`]: an opened shard: search (phase one) and fetch (phase two);
 //!   [`open_reference_index`] for single-index comparisons.
+//! - [`fault`]: [`FaultPlan`], seeded fault injection (latency, stragglers,
+//!   heavy tail, inherent slowness, hangs, errors) for tests and benchmarks;
+//!   off unless asked for.
 //! - [`service`]: the `fanout.v1.Leaf` gRPC service (Execute, Info).
 //! - [`server`]: [`LeafServer`]: open a shard and serve it.
 //! - [`error`]: [`LeafError`], the crate's one error type, and its single
@@ -27,6 +30,7 @@ mod corpus;
 
 pub mod collector;
 pub mod error;
+pub mod fault;
 pub mod global_stats;
 pub mod index_build;
 pub mod manifest;
@@ -39,6 +43,7 @@ pub mod shard;
 
 pub use collector::{RankedHit, SearchAfterKey, TopHits, TopHitsCollector, rank_order};
 pub use error::LeafError;
+pub use fault::FaultPlan;
 pub use global_stats::{GLOBAL_STATS_FILE_NAME, GlobalStatistics};
 pub use index_build::{BadLine, BadLinePolicy, IndexBuildOptions, IndexBuildReport, build_index};
 pub use manifest::{

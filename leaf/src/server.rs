@@ -16,6 +16,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 use crate::LeafError;
+use crate::fault::FaultPlan;
 use crate::manifest::ShardManifest;
 use crate::service::LeafService;
 use crate::shard::ShardSearcher;
@@ -66,6 +67,15 @@ impl LeafServer {
             service,
             drain: config.drain,
         })
+    }
+
+    /// Injects `faults` around every call (tests and benchmarks only).
+    pub fn with_faults(mut self, faults: FaultPlan) -> LeafServer {
+        if faults.is_active() {
+            tracing::warn!(?faults, "fault injection is on");
+        }
+        self.service = self.service.with_faults(faults);
+        self
     }
 
     pub fn manifest(&self) -> &ShardManifest {

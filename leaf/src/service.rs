@@ -9,10 +9,19 @@
 //! it has. Each answer reports its queue and service time and how many calls
 //! were in flight when it arrived; past [`MAX_CALLS_IN_FLIGHT_PER_THREAD`]
 //! calls per search thread the leaf answers RESOURCE_EXHAUSTED (retryable
-//! on another replica) instead of queueing without bound.
+//! on another replica) instead of queueing without bound. Faults injected
+//! for tests ([`FaultPlan`], off by default) wrap the work: errors and hangs
+//! before it, a latency body before it, a straggler's extra time after it,
+//! all as async sleeps that never hold a search thread.
+//!
+//! The leaf counts what cancellation saves and what it cannot: calls whose
+//! caller went away before they answered, work skipped because its caller
+//! was gone before it started, and work that ran for nobody. Every Execute
+//! and Info response carries the counts in the [`LEAF_STATS_METADATA`]
+//! header ([`LeafStats`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fanout_proto::any::{is, pack, type_url, unpack};
@@ -25,11 +34,58 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::LeafError;
+use crate::fault::FaultPlan;
 use crate::shard::ShardSearcher;
 
 /// Calls queued or running per search thread beyond which the leaf refuses
 /// new ones as overloaded.
 pub const MAX_CALLS_IN_FLIGHT_PER_THREAD: u32 = 64;
+
+/// Response metadata key of the leaf's [`LeafStats`].
+pub const LEAF_STATS_METADATA: &str = "fanout-leaf-stats";
+
+/// Counts of a leaf's calls since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeafStats {
+    /// Execute calls received.
+    pub calls: u64,
+    /// Execute calls whose caller went away before the answer.
+    pub cancelled: u64,
+    /// Pool work skipped because its caller was gone before it started.
+    pub work_skipped: u64,
+    /// Pool work that ran, but for a caller already gone (wasted).
+    pub work_abandoned: u64,
+    /// Pool work that ran and was delivered.
+    pub work_completed: u64,
+}
+
+impl LeafStats {
+    /// `calls=3,cancelled=1,work_skipped=1,work_abandoned=0,work_completed=2`.
+    pub fn to_header(&self) -> String {
+        format!(
+            "calls={},cancelled={},work_skipped={},work_abandoned={},work_completed={}",
+            self.calls, self.cancelled, self.work_skipped, self.work_abandoned, self.work_completed
+        )
+    }
+
+    /// Reads [`to_header`](Self::to_header)'s format; unknown keys are ignored.
+    pub fn from_header(text: &str) -> Option<LeafStats> {
+        let mut stats = LeafStats::default();
+        for pair in text.split(',') {
+            let (key, value) = pair.split_once('=')?;
+            let value: u64 = value.trim().parse().ok()?;
+            match key.trim() {
+                "calls" => stats.calls = value,
+                "cancelled" => stats.cancelled = value,
+                "work_skipped" => stats.work_skipped = value,
+                "work_abandoned" => stats.work_abandoned = value,
+                "work_completed" => stats.work_completed = value,
+                _ => {}
+            }
+        }
+        Some(stats)
+    }
+}
 
 /// The payload types `Execute` understands, as type URLs.
 pub fn capabilities() -> Vec<String> {
@@ -42,6 +98,9 @@ pub struct LeafService {
     pool: CpuPool,
     in_flight: Arc<AtomicU32>,
     max_in_flight: u32,
+    faults: Arc<FaultPlan>,
+    calls: AtomicU64,
+    cancelled: Arc<AtomicU64>,
 }
 
 impl LeafService {
@@ -52,7 +111,35 @@ impl LeafService {
             pool,
             in_flight: Arc::new(AtomicU32::new(0)),
             max_in_flight: threads.saturating_mul(MAX_CALLS_IN_FLIGHT_PER_THREAD),
+            faults: Arc::new(FaultPlan::default()),
+            calls: AtomicU64::new(0),
+            cancelled: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The same service with `faults` injected around its work.
+    pub fn with_faults(mut self, faults: FaultPlan) -> LeafService {
+        self.faults = Arc::new(faults);
+        self
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> LeafStats {
+        let pool = self.pool.stats();
+        LeafStats {
+            calls: self.calls.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+            work_skipped: pool.skipped.load(Ordering::Relaxed),
+            work_abandoned: pool.abandoned.load(Ordering::Relaxed),
+            work_completed: pool.completed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn with_stats<T>(&self, mut response: Response<T>) -> Response<T> {
+        if let Ok(value) = self.stats().to_header().parse() {
+            response.metadata_mut().insert(LEAF_STATS_METADATA, value);
+        }
+        response
     }
 
     /// Runs one Execute call; the caller turns the error into a status.
@@ -74,6 +161,17 @@ impl LeafService {
                 in_flight: queue_depth,
                 limit: self.max_in_flight,
             });
+        }
+        let fault = self.faults.decide(&request.request_id);
+        if fault.unavailable {
+            return Err(LeafError::InjectedUnavailable);
+        }
+        if fault.hang {
+            // Never answers; ends when the caller goes away and drops us.
+            std::future::pending::<()>().await;
+        }
+        if !fault.delay_before.is_zero() {
+            tokio::time::sleep(fault.delay_before).await;
         }
         let Some(payload) = request.payload else {
             return Err(LeafError::MalformedPayload(
@@ -102,6 +200,9 @@ impl LeafService {
                 supported: capabilities().join(", "),
             });
         };
+        if let Some(factor) = fault.straggler_factor {
+            tokio::time::sleep(arrived.elapsed().mul_f64(factor - 1.0)).await;
+        }
         Ok(ExecuteResponse {
             payload: Some(payload),
             timings: Some(LeafTimings {
@@ -153,6 +254,24 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Counts a call as cancelled when dropped before it answered.
+struct CancellationWatch {
+    cancelled: Arc<AtomicU64>,
+    answered: bool,
+}
+
+impl Drop for CancellationWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            let total = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(
+                cancelled_calls = total,
+                "the caller went away; call cancelled"
+            );
+        }
+    }
+}
+
 /// Counts a call as in flight until dropped.
 struct InFlightCall<'a> {
     counter: &'a AtomicU32,
@@ -183,6 +302,11 @@ impl Leaf for LeafService {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<ExecuteResponse>, Status> {
         let arrived = Instant::now();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut watch = CancellationWatch {
+            cancelled: Arc::clone(&self.cancelled),
+            answered: false,
+        };
         let call = InFlightCall::enter(&self.in_flight);
         let request = request.into_inner();
         let payload_type = request
@@ -208,11 +332,12 @@ impl Leaf for LeafService {
             .execute_payload(request, arrived, call.depth_at_arrival)
             .instrument(span.clone())
             .await;
+        watch.answered = true;
         let _entered = span.enter();
         match result {
             Ok(response) => {
                 tracing::debug!(elapsed = ?arrived.elapsed(), "answered");
-                Ok(Response::new(response))
+                Ok(self.with_stats(Response::new(response)))
             }
             Err(error) => {
                 log_failure(&error);
@@ -223,13 +348,13 @@ impl Leaf for LeafService {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let manifest = self.shard.manifest();
-        Ok(Response::new(InfoResponse {
+        Ok(self.with_stats(Response::new(InfoResponse {
             shard_id: manifest.shard_id,
             shard_count: manifest.shard_count,
             generation: manifest.generation.clone(),
             doc_count: self.shard.doc_count(),
             capabilities: capabilities(),
-        }))
+        })))
     }
 }
 
@@ -297,6 +422,70 @@ mod tests {
             service.in_flight.load(Ordering::Relaxed),
             3,
             "the call left"
+        );
+    }
+
+    #[tokio::test]
+    async fn injected_faults_fail_delay_and_hang_calls() {
+        let faults = |specs: &[&str]| {
+            FaultPlan::parse(&specs.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        let unavailable =
+            service(tempfile::tempdir().unwrap().path()).with_faults(faults(&["unavailable=1"]));
+        let status = unavailable
+            .execute(Request::new(search_request()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+
+        let slow =
+            service(tempfile::tempdir().unwrap().path()).with_faults(faults(&["latency=30ms"]));
+        let started = Instant::now();
+        slow.execute(Request::new(search_request())).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(30));
+
+        let hung = service(tempfile::tempdir().unwrap().path()).with_faults(faults(&["hang"]));
+        let call = hung.execute(Request::new(search_request()));
+        let waited = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(waited.is_err(), "a hung call never answers");
+    }
+
+    /// A call whose caller goes away while it waits for a busy pool is
+    /// counted as cancelled, and its work is skipped, never run.
+    #[tokio::test]
+    async fn a_cancelled_call_skips_its_work_and_is_counted() {
+        let scratch = tempfile::tempdir().unwrap();
+        let service = service(scratch.path());
+        // Occupy the only search thread until released.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let blocker = service.pool.run(move |_| released.recv().ok());
+        let call = service.execute(Request::new(search_request()));
+        let waited = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(waited.is_err(), "the pool is busy");
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        // The skipped task leaves the pool right after the blocker.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while service.pool.stats().in_flight.load(Ordering::Relaxed) > 0 {
+            assert!(Instant::now() < deadline, "the pool drains");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let stats = service.stats();
+        assert_eq!(stats.calls, 1);
+        assert_eq!(stats.cancelled, 1);
+        assert_eq!(stats.work_skipped, 1, "{stats:?}");
+        assert_eq!(stats.work_completed, 1, "only the blocker ran");
+
+        // An answered call is not cancelled, and says so in its metadata.
+        let response = service
+            .execute(Request::new(search_request()))
+            .await
+            .unwrap();
+        let header = response.metadata().get(LEAF_STATS_METADATA).unwrap();
+        let reported = LeafStats::from_header(header.to_str().unwrap()).unwrap();
+        assert_eq!(
+            (reported.calls, reported.cancelled, reported.work_skipped),
+            (2, 1, 1)
         );
     }
 

@@ -278,6 +278,7 @@ impl LoadTarget {
                         payload: Some(payload),
                         allow_partial: template.allow_partial,
                         min_coverage: template.min_coverage,
+                        ..Default::default()
                     });
                     request.set_timeout(timeout);
                     match RootClient::new(channel).query(request).await {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fanout_merger::MergerEndpoint;
 
+use crate::hedge::{HedgeBudget, HedgePolicy, HedgeSettings};
 use crate::replica::ReplicaSet;
 use crate::shard_info::ShardDocCounts;
 
@@ -16,4 +17,14 @@ pub struct Cluster {
     pub doc_counts: ShardDocCounts,
     pub default_timeout: Duration,
     pub deadline_margin: Duration,
+    pub hedge: HedgeSettings,
+    /// Shared by every request's hedges and retries.
+    pub hedge_budget: HedgeBudget,
+}
+
+impl Cluster {
+    /// The policy of a request: its own, else the root's.
+    pub fn hedge_policy(&self, requested: Option<HedgePolicy>) -> HedgePolicy {
+        requested.unwrap_or(self.hedge.policy)
+    }
 }

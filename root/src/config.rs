@@ -5,6 +5,7 @@ use std::time::Duration;
 use fanout_runtime::serve::DrainOptions;
 
 use crate::error::RootError;
+use crate::hedge::HedgeSettings;
 use crate::topology::Topology;
 
 /// Overall timeout of a request that sets none.
@@ -23,6 +24,8 @@ pub struct RootConfig {
     /// Kept back from every deadline to answer the caller in (5 ms).
     pub deadline_margin: Duration,
     pub drain: DrainOptions,
+    /// Hedging and the budget of hedges and retries.
+    pub hedge: HedgeSettings,
 }
 
 impl RootConfig {
@@ -34,6 +37,7 @@ impl RootConfig {
             default_timeout: DEFAULT_TIMEOUT,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             drain: DrainOptions::default(),
+            hedge: HedgeSettings::default(),
         }
     }
 
@@ -47,6 +51,9 @@ impl RootConfig {
                 ),
             });
         }
+        self.hedge
+            .validate()
+            .map_err(|reason| RootError::Config { reason })?;
         if self
             .merger
             .as_deref()

@@ -5,7 +5,7 @@
 //! cancelled by dropping their calls (which resets their HTTP/2 streams).
 //! Then the coverage policy decides, and the merge is finished.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use fanout_proto::Any;
 use fanout_proto::search::v1::ShardSearchResponse;
@@ -18,8 +18,11 @@ use tonic::Code;
 use crate::cluster::Cluster;
 use crate::deadline::RequestDeadline;
 use crate::error::RootError;
+use crate::hedge::HedgePolicy;
 use crate::policy::{CoveragePolicy, ShardOutcome, coverage_of, enforce};
-use crate::shard_call::{ShardAnswer, ShardCall, ShardCallOutcome, call_shard_with_failover};
+use crate::shard_call::{
+    ShardAnswer, ShardCall, ShardCallCounters, ShardCallOutcome, ShardHedging, call_shard,
+};
 
 /// One request to fan out.
 pub struct FanOutRequest<'a> {
@@ -31,6 +34,7 @@ pub struct FanOutRequest<'a> {
     /// When the whole request must be over (the merger's too).
     pub deadline: RequestDeadline,
     pub policy: CoveragePolicy,
+    pub hedge_policy: HedgePolicy,
 }
 
 /// What a fan-out produced.
@@ -74,6 +78,7 @@ pub async fn fan_out_and_merge(
         shard_deadline,
         deadline,
         policy,
+        hedge_policy,
     } = request;
     if deadline.has_passed() {
         // No leaf can answer in no time: spare them the work.
@@ -102,21 +107,29 @@ pub async fn fan_out_and_merge(
     };
 
     let fan_out_started = Instant::now();
-    let attempts: Vec<AtomicU32> = (0..shard_count).map(|_| AtomicU32::new(0)).collect();
+    let counters: Vec<ShardCallCounters> = (0..shard_count)
+        .map(|_| ShardCallCounters::default())
+        .collect();
+    let hedging = ShardHedging {
+        policy: hedge_policy,
+        settings: &cluster.hedge,
+        budget: &cluster.hedge_budget,
+    };
     let mut pending: FuturesUnordered<_> = cluster
         .shards
         .iter()
-        .zip(&attempts)
-        .map(|(replica_set, attempts)| {
+        .zip(&counters)
+        .map(|(replica_set, counters)| {
             let call = ShardCall {
                 replica_set,
                 payload: &payload,
                 request_id,
                 deadline: shard_deadline,
                 preferred_replica: None,
-                attempts,
+                hedging,
+                counters,
             };
-            async move { (replica_set.shard_id, call_shard_with_failover(call).await) }
+            async move { (replica_set.shard_id, call_shard(call).await) }
         })
         .collect();
 
@@ -174,7 +187,8 @@ pub async fn fan_out_and_merge(
     }
     drop(pending);
 
-    let (outcomes, timings, answers) = progress.finish(&attempts, enough_reason.as_deref());
+    let (outcomes, timings, answers) = progress.finish(&counters, enough_reason.as_deref());
+    log_extra_calls(request_id, &timings);
     enforce(&policy, &outcomes)?;
     let coverage = coverage_of(&outcomes, cluster.doc_counts.total());
     let end = MergeEnd {
@@ -284,7 +298,7 @@ impl FanOutProgress {
     /// it said so, else by the deadline.
     fn finish(
         self,
-        attempts: &[AtomicU32],
+        counters: &[ShardCallCounters],
         enough_reason: Option<&str>,
     ) -> (
         Vec<ShardOutcome>,
@@ -305,9 +319,12 @@ impl FanOutProgress {
             })
             .collect();
         let mut timings = self.timings;
-        for ((timing, attempts), outcome) in timings.iter_mut().zip(attempts).zip(&outcomes) {
-            timing.attempts = attempts.load(Ordering::Relaxed);
-            timing.retries = timing.attempts.saturating_sub(1);
+        for ((timing, counters), outcome) in timings.iter_mut().zip(counters).zip(&outcomes) {
+            timing.attempts = counters.attempts.load(Ordering::Relaxed);
+            timing.hedges = counters.hedges.load(Ordering::Relaxed);
+            timing.hedges_won = counters.hedges_won.load(Ordering::Relaxed);
+            timing.hedges_suppressed = counters.hedges_suppressed.load(Ordering::Relaxed);
+            timing.retries = counters.retries.load(Ordering::Relaxed);
             if matches!(
                 outcome,
                 ShardOutcome::TimedOut | ShardOutcome::NotNeeded { .. }
@@ -316,6 +333,27 @@ impl FanOutProgress {
             }
         }
         (outcomes, timings, self.answers)
+    }
+}
+
+/// Logs the hedges and retries of a request, when there were any.
+pub fn log_extra_calls(request_id: &str, timings: &[ShardTiming]) {
+    let sum = |count: fn(&ShardTiming) -> u32| timings.iter().map(count).sum::<u32>();
+    let (hedges, won, suppressed, retries) = (
+        sum(|timing| timing.hedges),
+        sum(|timing| timing.hedges_won),
+        sum(|timing| timing.hedges_suppressed),
+        sum(|timing| timing.retries),
+    );
+    if hedges + suppressed + retries > 0 {
+        tracing::debug!(
+            request_id,
+            hedges,
+            hedges_won = won,
+            hedges_suppressed = suppressed,
+            retries,
+            "extra shard calls"
+        );
     }
 }
 

@@ -9,7 +9,6 @@
 //! (UNAVAILABLE, or DEADLINE_EXCEEDED when the deadline passed).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU32;
 
 use fanout_proto::search::v1::{FetchRequest, FetchResponse, FetchedDoc, Hit, QueryMode, ShardHit};
 use fanout_proto::v1::{Coverage, ShardFailure};
@@ -21,8 +20,9 @@ use tonic::Code;
 use crate::cluster::Cluster;
 use crate::error::{RootError, code_name};
 use crate::fanout::AnsweredShard;
+use crate::hedge::HedgePolicy;
 use crate::policy::CoveragePolicy;
-use crate::shard_call::{ShardCall, ShardCallOutcome, call_shard_with_failover};
+use crate::shard_call::{ShardCall, ShardCallCounters, ShardCallOutcome, ShardHedging, call_shard};
 
 /// What to fetch for every hit.
 #[derive(Debug, Clone)]
@@ -49,6 +49,7 @@ pub struct FetchPhase<'a> {
     pub request_id: &'a str,
     pub deadline: Instant,
     pub policy: CoveragePolicy,
+    pub hedge_policy: HedgePolicy,
 }
 
 /// Turns the merged hits into `Hit`s with their stored fields, in order.
@@ -65,6 +66,7 @@ pub async fn fetch_hits(
         request_id,
         deadline,
         policy,
+        hedge_policy,
     } = phase;
     let mut hits: Vec<Hit> = merged_hits
         .iter()
@@ -86,7 +88,14 @@ pub async fn fetch_hits(
 
     let mut failures: Vec<FetchFailure> = Vec::new();
     let shard_count = cluster.shards.len();
-    let attempts: Vec<AtomicU32> = (0..shard_count).map(|_| AtomicU32::new(0)).collect();
+    let counters: Vec<ShardCallCounters> = (0..shard_count)
+        .map(|_| ShardCallCounters::default())
+        .collect();
+    let hedging = ShardHedging {
+        policy: hedge_policy,
+        settings: &cluster.hedge,
+        budget: &cluster.hedge_budget,
+    };
     let mut requests = Vec::new();
     for (&shard_id, positions) in &positions_by_shard {
         let Some(replica_set) = cluster.shards.get(shard_id as usize) else {
@@ -129,15 +138,10 @@ pub async fn fetch_hits(
                 request_id,
                 deadline,
                 preferred_replica: *preferred_replica,
-                attempts: &attempts[replica_set.shard_id as usize],
+                hedging,
+                counters: &counters[replica_set.shard_id as usize],
             };
-            async move {
-                (
-                    replica_set.shard_id,
-                    *positions,
-                    call_shard_with_failover(call).await,
-                )
-            }
+            async move { (replica_set.shard_id, *positions, call_shard(call).await) }
         })
         .collect();
 

@@ -15,7 +15,10 @@
 //!   limit, default, margin).
 //! - [`fanout`]: scatter to every shard and stream the answers into the merge;
 //!   stop at the deadline or when the merger has enough.
-//! - [`shard_call`]: one shard's call with failover between its replicas.
+//! - [`shard_call`]: one shard's call, hedged and failed over between its
+//!   replicas.
+//! - [`hedge`]: hedging policies, the per-shard latency histogram, the
+//!   budget hedges and retries share, the sub-millisecond hedge timer.
 //! - [`replica`]: lazily connected channels per replica; [`selector`]: which
 //!   replica goes first (power of two choices over peak-EWMA, cool-down after
 //!   failures), and the one place attempts are recorded.
@@ -31,6 +34,7 @@ pub mod deadline;
 pub mod error;
 pub mod fanout;
 pub mod fetch;
+pub mod hedge;
 pub mod policy;
 pub mod query;
 pub mod replica;
@@ -44,5 +48,6 @@ pub mod topology;
 
 pub use config::{DEFAULT_DEADLINE_MARGIN, DEFAULT_TIMEOUT, RootConfig};
 pub use error::RootError;
+pub use hedge::{HedgePolicy, HedgeSettings, HedgeTimer};
 pub use server::RootServer;
 pub use topology::{ShardReplicas, Topology};

@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::deadline::RequestDeadline;
 use crate::error::RootError;
 use crate::fanout::{FanOutRequest, fan_out_and_merge};
+use crate::hedge::requested_policy;
 use crate::policy::CoveragePolicy;
 use crate::request_id::request_id_for;
 
@@ -45,6 +46,8 @@ impl QueryService {
             None => return Err(RootError::InvalidRequest("payload is missing".to_owned())),
         };
         let policy = CoveragePolicy::new(request.allow_partial, request.min_coverage)?;
+        let hedge = requested_policy(request.hedge, request.hedge_delay_micros)
+            .map_err(RootError::InvalidRequest)?;
         let deadline = RequestDeadline::for_request(
             started_at,
             &metadata,
@@ -60,6 +63,7 @@ impl QueryService {
                 shard_deadline: deadline.deadline,
                 deadline,
                 policy,
+                hedge_policy: cluster.hedge_policy(hedge),
             },
         )
         .await?;

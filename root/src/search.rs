@@ -18,6 +18,7 @@ use crate::deadline::RequestDeadline;
 use crate::error::RootError;
 use crate::fanout::{FanOutRequest, fan_out_and_merge};
 use crate::fetch::{FetchOptions, FetchPhase, fetch_hits};
+use crate::hedge::{HedgePolicy, requested_policy};
 use crate::policy::CoveragePolicy;
 use crate::request_id::request_id_for;
 
@@ -49,6 +50,8 @@ pub struct ValidatedSearch {
     pub policy: CoveragePolicy,
     /// `timeout_millis`, when set.
     pub timeout: Option<Duration>,
+    /// The request's own hedging policy, when set.
+    pub hedge: Option<HedgePolicy>,
 }
 
 /// Checks a request and turns it into what the leaves and phase two need.
@@ -83,6 +86,8 @@ pub fn validate_search(request: SearchRequest) -> Result<ValidatedSearch, RootEr
             .collect();
     }
     let policy = CoveragePolicy::new(request.allow_partial, request.min_coverage)?;
+    let hedge = requested_policy(request.hedge, request.hedge_delay_micros)
+        .map_err(RootError::InvalidRequest)?;
     let timeout = (request.timeout_millis > 0)
         .then(|| Duration::from_millis(u64::from(request.timeout_millis)));
     Ok(ValidatedSearch {
@@ -101,6 +106,7 @@ pub fn validate_search(request: SearchRequest) -> Result<ValidatedSearch, RootEr
         },
         policy,
         timeout,
+        hedge,
     })
 }
 
@@ -139,6 +145,7 @@ impl SearchService {
                 shard_deadline,
                 deadline,
                 policy: search.policy,
+                hedge_policy: cluster.hedge_policy(search.hedge),
             },
         )
         .await?;
@@ -159,6 +166,7 @@ impl SearchService {
                 request_id,
                 deadline: deadline.deadline,
                 policy: search.policy,
+                hedge_policy: cluster.hedge_policy(search.hedge),
             },
             merged.hits,
             &mut coverage,

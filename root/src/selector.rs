@@ -10,8 +10,19 @@
 //! (doubling on repeated failures) and is chosen only when every other
 //! candidate is cooling down too.
 //!
+//! A replica that straggles repeatedly (an attempt overtaken by a hedge, or
+//! cut off by the deadline, [`SelectorOptions::probation_after`] times in a
+//! row) goes on probation: avoided like a cooling replica, for a time that
+//! doubles while it keeps straggling. When the probation ends, the next
+//! choice probes it; an answer ends the probation and, like any real
+//! measurement after a mere lower bound (a cancelled attempt), replaces its
+//! estimate outright, so a recovered replica comes back at once.
+//!
 //! Every attempt goes through [`AttemptRecorder`]: the one place where
-//! latency, failures and cancellations are recorded.
+//! latency, failures and cancellations are recorded, both per replica and in
+//! the shard's latency histogram that sets the hedge delay (winners, the
+//! lower bounds of cancelled losers and of time-outs; not the instant
+//! failures of unreachable replicas, which say nothing about latency).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -20,6 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::hedge::RotatingLatencyHistogram;
 
 /// Tuning of a [`ReplicaSelector`].
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +43,14 @@ pub struct SelectorOptions {
     pub decay: Duration,
     /// Cool-down after the first failure; doubles with each further one.
     pub cool_down: Duration,
-    /// The longest cool-down.
+    /// The longest cool-down (and probation).
     pub max_cool_down: Duration,
+    /// Consecutive straggles that put a replica on probation.
+    pub probation_after: u32,
+    /// The first probation; doubles with each further straggle.
+    pub probation: Duration,
+    /// Rotation period of the shard's latency histogram.
+    pub latency_window: Duration,
 }
 
 impl Default for SelectorOptions {
@@ -41,6 +60,9 @@ impl Default for SelectorOptions {
             decay: Duration::from_secs(10),
             cool_down: Duration::from_millis(500),
             max_cool_down: Duration::from_secs(10),
+            probation_after: 3,
+            probation: Duration::from_secs(1),
+            latency_window: Duration::from_secs(10),
         }
     }
 }
@@ -55,8 +77,14 @@ pub enum AttemptFailure {
     /// it is not to blame for being slow or down.
     Answered,
     /// The deadline passed first: the elapsed time is a lower bound of the
-    /// replica's latency.
+    /// replica's latency, and the replica straggled.
     TimedOut,
+    /// Another attempt started later answered first (a hedge overtook this
+    /// one): a lower bound, and a straggle.
+    Overtaken,
+    /// Dropped for any other reason (another attempt won that started
+    /// earlier, the fan-out ended): a lower bound only.
+    Cancelled,
 }
 
 /// Peak-EWMA and power-of-two-choices over the replicas of one shard.
@@ -66,6 +94,7 @@ pub struct ReplicaSelector {
     options: SelectorOptions,
     random_state: RandomState,
     draws: AtomicU64,
+    shard_latency: Mutex<RotatingLatencyHistogram>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +104,12 @@ struct ReplicaLoad {
     outstanding: u32,
     consecutive_failures: u32,
     cooling_until: Option<Instant>,
+    /// The estimate comes from a lower bound (a cancelled attempt), not a
+    /// measurement: the next answer replaces it.
+    estimate_is_lower_bound: bool,
+    consecutive_straggles: u32,
+    /// On probation until then; stays set after it passes until the probe.
+    probation_until: Option<Instant>,
 }
 
 impl ReplicaLoad {
@@ -93,9 +128,23 @@ impl ReplicaLoad {
         self.cooling_until.is_some_and(|until| now < until)
     }
 
+    fn is_on_probation(&self, now: Instant) -> bool {
+        self.probation_until.is_some_and(|until| now < until)
+    }
+
+    /// Probation over, not yet probed.
+    fn awaits_probe(&self, now: Instant) -> bool {
+        self.probation_until.is_some_and(|until| now >= until)
+    }
+
+    fn is_avoided(&self, now: Instant) -> bool {
+        self.is_cooling(now) || self.is_on_probation(now)
+    }
+
     fn observe_latency(&mut self, latency: Duration, now: Instant, decay: Duration) {
         let observed = latency.as_nanos() as f64;
-        if observed >= self.latency_estimate_nanos {
+        if observed >= self.latency_estimate_nanos || self.estimate_is_lower_bound {
+            self.estimate_is_lower_bound = false;
             self.latency_estimate_nanos = observed;
         } else {
             let elapsed = now.saturating_duration_since(self.estimate_updated_at);
@@ -112,6 +161,7 @@ impl ReplicaLoad {
         if observed > self.latency_estimate_nanos {
             self.latency_estimate_nanos = observed;
             self.estimate_updated_at = now;
+            self.estimate_is_lower_bound = true;
         }
     }
 }
@@ -125,6 +175,9 @@ impl ReplicaSelector {
             outstanding: 0,
             consecutive_failures: 0,
             cooling_until: None,
+            estimate_is_lower_bound: false,
+            consecutive_straggles: 0,
+            probation_until: None,
         };
         Self {
             replicas: (0..replica_count)
@@ -133,7 +186,44 @@ impl ReplicaSelector {
             options,
             random_state: RandomState::new(),
             draws: AtomicU64::new(0),
+            shard_latency: Mutex::new(RotatingLatencyHistogram::new(options.latency_window)),
         }
+    }
+
+    /// The shard's recent attempt latency at `percentile`; `None` while it
+    /// has too few samples.
+    pub fn latency_percentile(&self, percentile: f64) -> Option<Duration> {
+        self.shard_latency
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .percentile(percentile)
+    }
+
+    /// The cheapest replica not in `tried`, preferring those neither
+    /// cooling down nor on probation: the target of a hedge.
+    pub fn best_untried(&self, tried: &[usize]) -> Option<usize> {
+        let now = Instant::now();
+        (0..self.replicas.len())
+            .filter(|index| !tried.contains(index))
+            .map(|index| {
+                let load = self.load(index);
+                (
+                    index,
+                    load.is_avoided(now),
+                    load.cost(now, self.options.decay),
+                )
+            })
+            .min_by(|a, b| {
+                (a.1, a.2)
+                    .partial_cmp(&(b.1, b.2))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|(index, _, _)| index)
+    }
+
+    /// Whether replica `index` is on probation for straggling.
+    pub fn is_on_probation(&self, index: usize) -> bool {
+        self.load(index).is_on_probation(Instant::now())
     }
 
     /// The replica for the next attempt, skipping those in `tried`: by the
@@ -142,13 +232,32 @@ impl ReplicaSelector {
     /// replica has been tried.
     pub fn choose(&self, tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
+        // A replica whose probation just ended gets the next attempt: the
+        // probe that ends its probation or renews it. One probe at a time:
+        // the probation stays set (expired) until the probe's outcome.
+        if let Some(index) = (0..self.replicas.len())
+            .filter(|index| !tried.contains(index))
+            .find(|&index| {
+                self.with_load(index, |load| {
+                    let probe = load.awaits_probe(now) && load.outstanding == 0;
+                    if probe {
+                        // Renewed at once so no other request probes too;
+                        // the outcome ends it or lengthens it.
+                        load.probation_until = Some(now + self.options.probation);
+                    }
+                    probe
+                })
+            })
+        {
+            return Some(index);
+        }
         let candidates: Vec<(usize, bool, f64)> = (0..self.replicas.len())
             .filter(|index| !tried.contains(index))
             .map(|index| {
                 let load = self.load(index);
                 (
                     index,
-                    load.is_cooling(now),
+                    load.is_avoided(now),
                     load.cost(now, self.options.decay),
                 )
             })
@@ -222,6 +331,12 @@ impl ReplicaSelector {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started_at);
         let options = self.options;
+        if outcome != Some(AttemptFailure::Retryable) {
+            self.shard_latency
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .record(elapsed);
+        }
         self.with_load(index, |load| {
             load.outstanding = load.outstanding.saturating_sub(1);
             match outcome {
@@ -229,12 +344,27 @@ impl ReplicaSelector {
                     load.observe_latency(elapsed, now, options.decay);
                     load.consecutive_failures = 0;
                     load.cooling_until = None;
+                    load.consecutive_straggles = 0;
+                    load.probation_until = None;
                 }
                 Some(AttemptFailure::Answered) => {
                     load.observe_latency(elapsed, now, options.decay);
                 }
-                Some(AttemptFailure::TimedOut) => {
+                Some(AttemptFailure::Cancelled) => {
                     load.observe_latency_at_least(elapsed, now);
+                }
+                Some(AttemptFailure::TimedOut | AttemptFailure::Overtaken) => {
+                    load.observe_latency_at_least(elapsed, now);
+                    load.consecutive_straggles = load.consecutive_straggles.saturating_add(1);
+                    if load.consecutive_straggles >= options.probation_after {
+                        let doublings =
+                            (load.consecutive_straggles - options.probation_after).min(16);
+                        let probation = options
+                            .probation
+                            .saturating_mul(1 << doublings)
+                            .min(options.max_cool_down);
+                        load.probation_until = Some(now + probation);
+                    }
                 }
                 Some(AttemptFailure::Retryable) => {
                     load.consecutive_failures = load.consecutive_failures.saturating_add(1);
@@ -271,6 +401,16 @@ impl AttemptRecorder<'_> {
         self.finish(Some(failure));
     }
 
+    /// The replica of this attempt.
+    pub fn replica_index(&self) -> usize {
+        self.index
+    }
+
+    /// When this attempt started.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
     fn finish(&mut self, outcome: Option<AttemptFailure>) {
         self.finished = true;
         self.selector
@@ -281,7 +421,7 @@ impl AttemptRecorder<'_> {
 impl Drop for AttemptRecorder<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.finish(Some(AttemptFailure::TimedOut));
+            self.finish(Some(AttemptFailure::Cancelled));
         }
     }
 }
@@ -402,5 +542,72 @@ mod tests {
             seen[selector.choose(&[]).unwrap()] += 1;
         }
         assert!(seen.iter().all(|&count| count > 0), "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_straggling_puts_a_replica_on_probation_until_a_probe_answers() {
+        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        record_success(&selector, 0, Duration::from_millis(1)).await;
+        record_success(&selector, 1, Duration::from_millis(2)).await;
+        for straggle in 1..=3 {
+            assert!(
+                !selector.is_on_probation(0),
+                "not yet after {straggle} straggles"
+            );
+            let attempt = selector.begin_attempt(0);
+            advance(Duration::from_millis(1)).await;
+            attempt.failed(AttemptFailure::Overtaken);
+        }
+        assert!(selector.is_on_probation(0));
+        for _ in 0..20 {
+            assert_eq!(selector.choose(&[]), Some(1), "avoided as primary");
+            assert_eq!(selector.best_untried(&[]), Some(1), "and as a hedge target");
+        }
+        assert_eq!(
+            selector.choose(&[1]),
+            Some(0),
+            "unless it is the only one left"
+        );
+
+        // The probation ends: the next choice probes it, once.
+        advance(Duration::from_millis(1001)).await;
+        assert_eq!(selector.choose(&[]), Some(0));
+        let probe = selector.begin_attempt(0);
+        assert_eq!(selector.choose(&[]), Some(1), "one probe at a time");
+        // The probe straggles too: a longer probation.
+        advance(Duration::from_millis(5)).await;
+        probe.failed(AttemptFailure::TimedOut);
+        advance(Duration::from_millis(1500)).await;
+        assert!(selector.is_on_probation(0), "2 s the second time");
+        advance(Duration::from_millis(501)).await;
+        assert_eq!(selector.choose(&[]), Some(0));
+        // This probe answers fast: probation over, the estimate replaced.
+        record_success(&selector, 0, Duration::from_micros(500)).await;
+        assert!(!selector.is_on_probation(0));
+        assert!(
+            (selector.cost(0) - 0.5e6).abs() < 1e3,
+            "{}",
+            selector.cost(0)
+        );
+        assert_eq!(selector.choose(&[]), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shard_histogram_counts_losers_but_not_unreachable_replicas() {
+        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        for _ in 0..10 {
+            record_success(&selector, 0, Duration::from_micros(300)).await;
+            let loser = selector.begin_attempt(1);
+            advance(Duration::from_millis(40)).await;
+            drop(loser);
+            selector.begin_attempt(1).failed(AttemptFailure::Retryable);
+        }
+        let p50 = selector.latency_percentile(50.0).unwrap();
+        assert!(
+            (Duration::from_micros(297)..=Duration::from_micros(303)).contains(&p50),
+            "{p50:?}"
+        );
+        let p95 = selector.latency_percentile(95.0).unwrap();
+        assert!(p95 >= Duration::from_millis(39), "{p95:?}: losers count");
     }
 }

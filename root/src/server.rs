@@ -18,6 +18,7 @@ use tonic::service::Routes;
 use crate::cluster::Cluster;
 use crate::config::RootConfig;
 use crate::error::RootError;
+use crate::hedge::HedgeBudget;
 use crate::query::QueryService;
 use crate::replica::ReplicaSet;
 use crate::search::SearchService;
@@ -70,6 +71,11 @@ impl RootServer {
             merger,
             default_timeout: config.default_timeout,
             deadline_margin: config.deadline_margin,
+            hedge_budget: HedgeBudget::new(
+                config.hedge.budget_percent,
+                config.hedge.budget_floor_per_second,
+            ),
+            hedge: config.hedge,
         });
         let learner = tokio::spawn(learn_doc_counts(Arc::clone(&cluster)));
         Ok(RootServer {

@@ -1,17 +1,29 @@
-//! One shard's part of a request: `Leaf/Execute` on the best replica, and on
-//! a retryable failure on the next best one not yet tried, until one answers,
-//! the replicas run out or the deadline passes. Both phases of a search use it.
+//! One shard's part of a request: `Leaf/Execute` on the best replica,
+//! hedged and failed over between its replicas, until one answers, the
+//! replicas run out or the deadline passes. Both phases of a search use it.
 //!
+//! Hedging: when the latest attempt has not answered after the hedge delay
+//! (see [`crate::hedge`]), another attempt goes to the best replica not yet
+//! tried; up to R-1 hedges. The first answer wins; the attempts still running
+//! are dropped, which resets their HTTP/2 streams so the leaves skip or stop
+//! their work. An attempt overtaken by a later one counts as a straggle of
+//! its replica (see [`crate::selector`]).
+//!
+//! Failures:
 //! - Retryable (UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, a leaf's
 //!   `fanout-retryable: true`, or a failure of the connection itself): try
-//!   another replica.
+//!   another replica, unless another attempt is still running.
 //! - About the request (INVALID_ARGUMENT, OUT_OF_RANGE, PERMISSION_DENIED,
 //!   UNAUTHENTICATED): every replica would say the same; the caller gets the
 //!   status as is, at once.
-//! - Any other error (INTERNAL, FAILED_PRECONDITION, ...): the shard failed;
-//!   not retried, the coverage policy decides.
+//! - Any other error (INTERNAL, FAILED_PRECONDITION, ...): the shard failed
+//!   (once no other attempt is running); not retried, the coverage policy
+//!   decides.
 //! - The deadline passed (tonic's expired timeout, which it reports as
 //!   CANCELLED, or DEADLINE_EXCEEDED from the leaf): the shard timed out.
+//!
+//! Hedges and retries both spend from the root's [`HedgeBudget`]; without a
+//! token the hedge or retry is not sent and counted as suppressed.
 
 use std::error::Error as _;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,12 +32,43 @@ use std::time::Duration;
 use fanout_proto::Any;
 use fanout_proto::retry::is_retryable;
 use fanout_proto::v1::{ExecuteRequest, ExecuteResponse};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::hedge::{HedgeBudget, HedgePolicy, HedgeSettings};
 use crate::replica::ReplicaSet;
-use crate::selector::AttemptFailure;
+use crate::selector::{AttemptFailure, AttemptRecorder};
+
+/// How one shard call hedges: the request's policy and the root's settings
+/// and budget.
+#[derive(Clone, Copy)]
+pub struct ShardHedging<'a> {
+    pub policy: HedgePolicy,
+    pub settings: &'a HedgeSettings,
+    pub budget: &'a HedgeBudget,
+}
+
+/// What happened during a shard call, readable even when it was cancelled.
+#[derive(Debug, Default)]
+pub struct ShardCallCounters {
+    /// Attempts sent: primary + hedges + retries.
+    pub attempts: AtomicU32,
+    pub hedges: AtomicU32,
+    /// Hedges whose answer was the one used.
+    pub hedges_won: AtomicU32,
+    /// Hedges and retries not sent for want of budget.
+    pub hedges_suppressed: AtomicU32,
+    pub retries: AtomicU32,
+}
+
+impl ShardCallCounters {
+    fn add(counter: &AtomicU32) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// One shard call to make.
 pub struct ShardCall<'a> {
@@ -36,8 +79,8 @@ pub struct ShardCall<'a> {
     /// Replica to try first (phase two goes back to the one that answered
     /// phase one); `None` lets the selector choose.
     pub preferred_replica: Option<usize>,
-    /// Counts the attempts sent; still readable when the call is cancelled.
-    pub attempts: &'a AtomicU32,
+    pub hedging: ShardHedging<'a>,
+    pub counters: &'a ShardCallCounters,
 }
 
 /// A replica's answer.
@@ -71,89 +114,231 @@ enum AttemptError {
     ShardFailed,
 }
 
-/// Calls the shard, failing over between its replicas.
-pub async fn call_shard_with_failover(call: ShardCall<'_>) -> ShardCallOutcome {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptKind {
+    Primary,
+    Hedge,
+    Retry,
+}
+
+/// The attempts of one shard call, in the order they were sent.
+struct Attempts<'a> {
+    recorders: Vec<Option<AttemptRecorder<'a>>>,
+    kinds: Vec<AttemptKind>,
+    tried: Vec<usize>,
+}
+
+/// Calls the shard, hedging and failing over between its replicas.
+pub async fn call_shard(call: ShardCall<'_>) -> ShardCallOutcome {
+    let replica_set = call.replica_set;
+    call_shard_over(call, |replica_index, request| {
+        let mut client = replica_set.replicas[replica_index].leaf_client();
+        async move {
+            client
+                .execute(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await
+}
+
+/// [`call_shard`] over any transport: `execute(replica_index, request)`
+/// makes one attempt (unit tests stand in for the leaves with it).
+pub async fn call_shard_over<'a, F, Fut>(call: ShardCall<'a>, execute: F) -> ShardCallOutcome
+where
+    F: Fn(usize, tonic::Request<ExecuteRequest>) -> Fut,
+    Fut: Future<Output = Result<ExecuteResponse, Status>>,
+{
     let ShardCall {
         replica_set,
         payload,
         request_id,
         deadline,
         preferred_replica,
-        attempts,
+        hedging,
+        counters,
     } = call;
     let shard_id = replica_set.shard_id;
     let selector = &replica_set.selector;
+    let replica_count = replica_set.replicas.len();
     let first_attempt_at = Instant::now();
-    let mut tried: Vec<usize> = Vec::with_capacity(replica_set.replicas.len());
+    let hedge_delay = hedging.settings.hedge_delay(hedging.policy, |percentile| {
+        selector.latency_percentile(percentile)
+    });
+    let mut attempts = Attempts {
+        recorders: Vec::with_capacity(replica_count),
+        kinds: Vec::with_capacity(replica_count),
+        tried: Vec::with_capacity(replica_count),
+    };
+    let mut in_flight = FuturesUnordered::new();
     let mut last_failure: Option<Status> = None;
-    loop {
-        let preferred = preferred_replica
-            .filter(|index| tried.is_empty() && *index < replica_set.replicas.len());
-        let Some(replica_index) = preferred.or_else(|| selector.choose(&tried)) else {
-            return ShardCallOutcome::Failed(last_failure.unwrap_or_else(|| {
-                Status::unavailable(format!("shard {shard_id} has no replicas"))
-            }));
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return ShardCallOutcome::TimedOut;
-        }
-        let attempt = tried.len() as u32;
-        tried.push(replica_index);
-        attempts.fetch_add(1, Ordering::Relaxed);
+    // A non-retryable failure stops new attempts (those running may still win).
+    let mut may_retry = true;
+
+    let preferred = preferred_replica.filter(|index| *index < replica_count);
+    let Some(primary) = preferred.or_else(|| selector.choose(&[])) else {
+        return ShardCallOutcome::Failed(Status::unavailable(format!(
+            "shard {shard_id} has no replicas"
+        )));
+    };
+    if deadline <= Instant::now() {
+        return ShardCallOutcome::TimedOut;
+    }
+    hedging.budget.record_primary_call();
+    let send = |attempts: &mut Attempts<'a>, replica_index: usize, kind: AttemptKind| {
+        let attempt = attempts.recorders.len() as u32;
+        attempts.tried.push(replica_index);
+        attempts.kinds.push(kind);
+        attempts
+            .recorders
+            .push(Some(selector.begin_attempt(replica_index)));
+        ShardCallCounters::add(&counters.attempts);
         let replica = &replica_set.replicas[replica_index];
-        let mut request = tonic::Request::new(ExecuteRequest {
+        let request = ExecuteRequest {
             payload: Some(payload.clone()),
             shard_id,
             attempt,
             request_id: request_id.to_owned(),
-        });
-        request.set_timeout(remaining);
+        };
+        let span = tracing::debug_span!("shard_attempt", shard_id, attempt, ?kind, replica = %replica.address);
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let call = execute(replica_index, request);
+        async move {
+            let result = match tokio::time::timeout_at(deadline, call).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(Status::deadline_exceeded("the shard deadline passed")),
+            };
+            (attempt, result)
+        }
+        .instrument(span)
+    };
+    in_flight.push(send(&mut attempts, primary, AttemptKind::Primary));
+    let mut next_hedge_at = hedge_delay.map(|delay| Instant::now() + delay);
 
-        let span =
-            tracing::debug_span!("shard_attempt", shard_id, attempt, replica = %replica.address);
-        let recorder = selector.begin_attempt(replica_index);
-        let mut client = replica.leaf_client();
-        let result = tokio::time::timeout_at(deadline, client.execute(request))
-            .instrument(span.clone())
-            .await;
-        let status = match result {
-            Ok(Ok(response)) => {
-                recorder.succeeded();
-                return ShardCallOutcome::Answered(ShardAnswer {
-                    response: response.into_inner(),
-                    replica_index,
-                    attempt,
-                    latency: first_attempt_at.elapsed(),
-                });
+    loop {
+        if in_flight.is_empty() {
+            // Every attempt so far failed retryably: fail over, if allowed.
+            let failure = last_failure.take().unwrap_or_else(|| {
+                Status::unavailable(format!("shard {shard_id} has no replica left"))
+            });
+            if !may_retry {
+                return ShardCallOutcome::Failed(failure);
             }
-            Ok(Err(status)) => status,
-            Err(_elapsed) => {
-                recorder.failed(AttemptFailure::TimedOut);
+            let Some(replica_index) = selector.choose(&attempts.tried) else {
+                return ShardCallOutcome::Failed(failure);
+            };
+            if deadline <= Instant::now() {
                 return ShardCallOutcome::TimedOut;
+            }
+            if !hedging.budget.try_spend() {
+                ShardCallCounters::add(&counters.hedges_suppressed);
+                tracing::debug!(shard_id, "retry suppressed: the hedge budget is empty");
+                return ShardCallOutcome::Failed(failure);
+            }
+            ShardCallCounters::add(&counters.retries);
+            in_flight.push(send(&mut attempts, replica_index, AttemptKind::Retry));
+            next_hedge_at = hedge_delay.map(|delay| Instant::now() + delay);
+            continue;
+        }
+        let hedges_sent = attempts
+            .kinds
+            .iter()
+            .filter(|kind| **kind == AttemptKind::Hedge)
+            .count();
+        let hedge_due = next_hedge_at.filter(|_| {
+            may_retry && hedges_sent + 1 < replica_count && attempts.tried.len() < replica_count
+        });
+        let hedge_timer = async {
+            match hedge_due {
+                Some(at) => hedging.settings.timer.sleep_until(at).await,
+                None => std::future::pending().await,
             }
         };
-        let code = status.code();
-        let message = status.message();
-        match classify(&status, deadline) {
-            AttemptError::TimedOut => {
-                recorder.failed(AttemptFailure::TimedOut);
+        tokio::select! {
+            biased;
+            Some((attempt, result)) = in_flight.next() => {
+                let index = attempt as usize;
+                // Each attempt's recorder is taken exactly once, here.
+                let Some(recorder) = attempts.recorders[index].take() else {
+                    continue;
+                };
+                let replica_index = recorder.replica_index();
+                let status = match result {
+                    Ok(response) => {
+                        let started_at = recorder.started_at();
+                        recorder.succeeded();
+                        // Attempts started before this one were overtaken.
+                        for other in attempts.recorders.iter_mut() {
+                            if other.as_ref().is_some_and(|other| other.started_at() < started_at)
+                                && let Some(other) = other.take()
+                            {
+                                other.failed(AttemptFailure::Overtaken);
+                            }
+                        }
+                        if attempts.kinds[index] == AttemptKind::Hedge {
+                            ShardCallCounters::add(&counters.hedges_won);
+                        }
+                        return ShardCallOutcome::Answered(ShardAnswer {
+                            response,
+                            replica_index,
+                            attempt,
+                            latency: first_attempt_at.elapsed(),
+                        });
+                    }
+                    Err(status) => status,
+                };
+                let code = status.code();
+                let message = status.message();
+                match classify(&status, deadline) {
+                    AttemptError::TimedOut => {
+                        recorder.failed(AttemptFailure::TimedOut);
+                        return ShardCallOutcome::TimedOut;
+                    }
+                    AttemptError::Retryable => {
+                        recorder.failed(AttemptFailure::Retryable);
+                        tracing::debug!(shard_id, attempt, ?code, message, "attempt failed; retryable");
+                        last_failure = Some(status);
+                    }
+                    AttemptError::RequestRejected => {
+                        recorder.failed(AttemptFailure::Answered);
+                        tracing::debug!(shard_id, attempt, ?code, message, "the leaf rejected the request");
+                        return ShardCallOutcome::Rejected(status);
+                    }
+                    AttemptError::ShardFailed => {
+                        recorder.failed(AttemptFailure::Answered);
+                        tracing::debug!(shard_id, attempt, ?code, message, "attempt failed; not retryable");
+                        if in_flight.is_empty() {
+                            return ShardCallOutcome::Failed(status);
+                        }
+                        may_retry = false;
+                        last_failure = Some(status);
+                    }
+                }
+            }
+            () = hedge_timer => {
+                let due = next_hedge_at.unwrap_or_else(Instant::now);
+                let lateness = Instant::now().saturating_duration_since(due);
+                next_hedge_at = None;
+                let Some(replica_index) = selector.best_untried(&attempts.tried) else {
+                    continue;
+                };
+                if !hedging.budget.try_spend() {
+                    ShardCallCounters::add(&counters.hedges_suppressed);
+                    tracing::debug!(shard_id, "hedge suppressed: the hedge budget is empty");
+                    continue;
+                }
+                tracing::debug!(shard_id, replica_index, lateness_micros = lateness.as_micros() as u64, "hedging");
+                ShardCallCounters::add(&counters.hedges);
+                in_flight.push(send(&mut attempts, replica_index, AttemptKind::Hedge));
+                next_hedge_at = hedge_delay.map(|delay| Instant::now() + delay);
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                for recorder in attempts.recorders.iter_mut().filter_map(Option::take) {
+                    recorder.failed(AttemptFailure::TimedOut);
+                }
                 return ShardCallOutcome::TimedOut;
-            }
-            AttemptError::Retryable => {
-                recorder.failed(AttemptFailure::Retryable);
-                tracing::debug!(parent: &span, ?code, message, "attempt failed; trying another replica");
-                last_failure = Some(status);
-            }
-            AttemptError::RequestRejected => {
-                recorder.failed(AttemptFailure::Answered);
-                tracing::debug!(parent: &span, ?code, message, "the leaf rejected the request");
-                return ShardCallOutcome::Rejected(status);
-            }
-            AttemptError::ShardFailed => {
-                recorder.failed(AttemptFailure::Answered);
-                tracing::debug!(parent: &span, ?code, message, "attempt failed; not retryable");
-                return ShardCallOutcome::Failed(status);
             }
         }
     }
@@ -262,5 +447,259 @@ mod tests {
             classify(&reset, deadline),
             AttemptError::Retryable
         ));
+    }
+
+    /// Paused-clock tests of hedging over fake leaves: each replica answers
+    /// after its own latency (or fails), and notes when it was called and
+    /// whether its call was dropped before answering.
+    mod hedging {
+        use super::super::*;
+        use crate::hedge::HedgeTimer;
+        use crate::topology::ShardReplicas;
+        use std::sync::Mutex;
+
+        #[derive(Clone, Copy)]
+        enum Fake {
+            AnswersAfter(Duration),
+            Unavailable,
+        }
+
+        #[derive(Default)]
+        struct Log {
+            calls: Mutex<Vec<(usize, Duration)>>,
+            dropped: Mutex<Vec<usize>>,
+        }
+
+        struct DropNote<'a>(&'a Log, usize, bool);
+        impl Drop for DropNote<'_> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    self.0.dropped.lock().unwrap().push(self.1);
+                }
+            }
+        }
+
+        fn replica_set(count: usize) -> ReplicaSet {
+            let shard = ShardReplicas {
+                shard_id: 0,
+                replicas: (1..=count)
+                    .map(|port| format!("127.0.0.1:{port}"))
+                    .collect(),
+            };
+            ReplicaSet::connect_lazily(&shard).unwrap()
+        }
+
+        fn settings(policy: HedgePolicy) -> (HedgeSettings, HedgePolicy) {
+            let settings = HedgeSettings {
+                timer: HedgeTimer::Tokio,
+                ..HedgeSettings::default()
+            };
+            (settings, policy)
+        }
+
+        struct Run {
+            outcome: ShardCallOutcome,
+            counters: ShardCallCounters,
+            calls: Vec<(usize, Duration)>,
+            dropped: Vec<usize>,
+        }
+
+        async fn run(
+            replicas: &ReplicaSet,
+            fakes: &[Fake],
+            policy: HedgePolicy,
+            budget: &HedgeBudget,
+        ) -> Run {
+            let (settings, policy) = settings(policy);
+            let log = Log::default();
+            let counters = ShardCallCounters::default();
+            let payload = Any::default();
+            let started = Instant::now();
+            let call = ShardCall {
+                replica_set: replicas,
+                payload: &payload,
+                request_id: "r",
+                deadline: started + Duration::from_secs(1),
+                preferred_replica: Some(0),
+                hedging: ShardHedging {
+                    policy,
+                    settings: &settings,
+                    budget,
+                },
+                counters: &counters,
+            };
+            let log_ref = &log;
+            let outcome = call_shard_over(call, |replica, _request| {
+                log_ref
+                    .calls
+                    .lock()
+                    .unwrap()
+                    .push((replica, started.elapsed()));
+                let fake = fakes[replica];
+                async move {
+                    let mut note = DropNote(log_ref, replica, false);
+                    let result = match fake {
+                        Fake::AnswersAfter(latency) => {
+                            tokio::time::sleep(latency).await;
+                            Ok(ExecuteResponse::default())
+                        }
+                        Fake::Unavailable => Err(Status::unavailable("down")),
+                    };
+                    note.2 = true;
+                    result
+                }
+            })
+            .await;
+            let calls = log.calls.lock().unwrap().clone();
+            let dropped = log.dropped.lock().unwrap().clone();
+            Run {
+                outcome,
+                counters,
+                calls,
+                dropped,
+            }
+        }
+
+        fn count(counter: &AtomicU32) -> u32 {
+            counter.load(Ordering::Relaxed)
+        }
+
+        fn ms(millis: u64) -> Duration {
+            Duration::from_millis(millis)
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_hedge_goes_out_exactly_at_the_delay_and_the_winner_cancels_the_loser() {
+            let replicas = replica_set(2);
+            let budget = HedgeBudget::new(5.0, 10.0);
+            let fakes = [Fake::AnswersAfter(ms(100)), Fake::AnswersAfter(ms(3))];
+            let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
+            assert_eq!(run.calls, vec![(0, ms(0)), (1, ms(10))]);
+            let ShardCallOutcome::Answered(answer) = run.outcome else {
+                panic!("{:?}", run.outcome);
+            };
+            assert_eq!((answer.replica_index, answer.attempt), (1, 1));
+            assert_eq!(answer.latency, ms(13));
+            assert_eq!(run.dropped, vec![0], "the loser's call was dropped");
+            assert_eq!(count(&run.counters.hedges), 1);
+            assert_eq!(count(&run.counters.hedges_won), 1);
+            assert_eq!(count(&run.counters.attempts), 2);
+            // The loser was overtaken: its lower bound (13 ms) is recorded.
+            assert!(
+                replicas.selector.cost(0) >= 13e6,
+                "{}",
+                replicas.selector.cost(0)
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn no_hedge_before_the_delay() {
+            let replicas = replica_set(2);
+            let budget = HedgeBudget::new(5.0, 10.0);
+            let fakes = [Fake::AnswersAfter(ms(9)), Fake::AnswersAfter(ms(1))];
+            let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
+            assert_eq!(run.calls, vec![(0, ms(0))]);
+            assert!(
+                matches!(run.outcome, ShardCallOutcome::Answered(ref a) if a.replica_index == 0)
+            );
+            assert_eq!(count(&run.counters.hedges), 0);
+            assert_eq!(budget.spent(), 0);
+
+            let off = run_off(&replicas, &budget).await;
+            assert_eq!(off, vec![(0, ms(0))], "no hedge when hedging is off");
+        }
+
+        async fn run_off(replicas: &ReplicaSet, budget: &HedgeBudget) -> Vec<(usize, Duration)> {
+            let fakes = [Fake::AnswersAfter(ms(200)), Fake::AnswersAfter(ms(1))];
+            run(replicas, &fakes, HedgePolicy::Off, budget).await.calls
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn up_to_r_minus_1_hedges_each_to_a_replica_not_yet_tried() {
+            let replicas = replica_set(3);
+            let budget = HedgeBudget::new(5.0, 10.0);
+            let fakes = [Fake::AnswersAfter(ms(100)); 3];
+            let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
+            let mut called: Vec<usize> = run.calls.iter().map(|(replica, _)| *replica).collect();
+            assert_eq!(run.calls[1].1, ms(10));
+            assert_eq!(run.calls[2].1, ms(20));
+            called.sort();
+            assert_eq!(called, vec![0, 1, 2]);
+            assert_eq!(count(&run.counters.hedges), 2);
+            assert_eq!(
+                count(&run.counters.hedges_won),
+                0,
+                "the primary answered first"
+            );
+            let ShardCallOutcome::Answered(answer) = run.outcome else {
+                panic!("{:?}", run.outcome);
+            };
+            assert_eq!((answer.attempt, answer.latency), (0, ms(100)));
+            let mut dropped = run.dropped.clone();
+            dropped.sort();
+            assert_eq!(dropped, vec![1, 2]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_empty_budget_suppresses_hedges_and_retries() {
+            let replicas = replica_set(2);
+            let budget = HedgeBudget::new(0.0, 0.0);
+            assert!(budget.try_spend(), "the one starting token");
+            let fakes = [Fake::AnswersAfter(ms(50)), Fake::AnswersAfter(ms(1))];
+            let first = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
+            assert_eq!(first.calls, vec![(0, ms(0))]);
+            assert_eq!(count(&first.counters.hedges_suppressed), 1);
+            assert!(
+                matches!(first.outcome, ShardCallOutcome::Answered(ref a) if a.latency == ms(50))
+            );
+
+            let fakes = [Fake::Unavailable, Fake::AnswersAfter(ms(1))];
+            let run = run(&replicas, &fakes, HedgePolicy::Off, &budget).await;
+            assert!(
+                matches!(run.outcome, ShardCallOutcome::Failed(_)),
+                "{:?}",
+                run.outcome
+            );
+            assert_eq!(count(&run.counters.hedges_suppressed), 1);
+            assert_eq!(count(&run.counters.retries), 0);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_retryable_failure_is_retried_on_another_replica_within_budget() {
+            let replicas = replica_set(2);
+            let budget = HedgeBudget::new(5.0, 10.0);
+            let fakes = [Fake::Unavailable, Fake::AnswersAfter(ms(2))];
+            let run = run(&replicas, &fakes, HedgePolicy::Adaptive, &budget).await;
+            assert_eq!(run.calls, vec![(0, ms(0)), (1, ms(0))]);
+            assert_eq!(count(&run.counters.retries), 1);
+            assert_eq!(budget.spent(), 1);
+            assert!(
+                matches!(run.outcome, ShardCallOutcome::Answered(ref a) if a.replica_index == 1)
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_adaptive_delay_follows_the_shard_percentile() {
+            let replicas = replica_set(2);
+            let budget = HedgeBudget::new(100.0, 1000.0);
+            // Before enough samples the delay is the ceiling (500 ms).
+            let fakes = [Fake::AnswersAfter(ms(3)); 2];
+            for _ in 0..40 {
+                run(&replicas, &fakes, HedgePolicy::Adaptive, &budget).await;
+            }
+            let p95 = replicas.selector.latency_percentile(95.0).unwrap();
+            assert!(
+                (ms(3)..=Duration::from_micros(3_050)).contains(&p95),
+                "{p95:?}"
+            );
+            let fakes = [Fake::AnswersAfter(ms(5)), Fake::AnswersAfter(ms(3))];
+            let run = run(&replicas, &fakes, HedgePolicy::Adaptive, &budget).await;
+            // The paused tokio timer fires on the next millisecond tick.
+            let hedged_at = run.calls[1].1;
+            assert!(
+                hedged_at >= p95 && hedged_at <= p95 + ms(1),
+                "{hedged_at:?}"
+            );
+        }
     }
 }

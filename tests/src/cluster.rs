@@ -43,6 +43,8 @@ pub struct ClusterOptions {
     pub root_timeout: Option<Duration>,
     /// More flags for every leaf (e.g. `--drain-delay-ms 500`).
     pub leaf_args: Vec<String>,
+    /// More flags for one leaf only: `(shard, replica, flags)`.
+    pub leaf_args_for: Vec<(u32, u32, Vec<String>)>,
     /// More flags for the root.
     pub root_args: Vec<String>,
 }
@@ -56,8 +58,23 @@ impl ClusterOptions {
             merger: MergerPlacement::Separate,
             root_timeout: None,
             leaf_args: Vec::new(),
+            leaf_args_for: Vec::new(),
             root_args: Vec::new(),
         }
+    }
+
+    /// Adds flags for the leaf serving `replica` of `shard` only.
+    pub fn leaf_args_for(mut self, shard: u32, replica: u32, args: &[&str]) -> ClusterOptions {
+        let args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        self.leaf_args_for.push((shard, replica, args));
+        self
+    }
+
+    /// Adds flags for the root.
+    pub fn root_args(mut self, args: &[&str]) -> ClusterOptions {
+        self.root_args
+            .extend(args.iter().map(|arg| (*arg).to_owned()));
+        self
     }
 
     pub fn replicas(mut self, replicas: u32) -> ClusterOptions {
@@ -109,6 +126,11 @@ impl Cluster {
                     "127.0.0.1:0".into(),
                 ];
                 args.extend(options.leaf_args.iter().map(OsString::from));
+                for (for_shard, for_replica, extra) in &options.leaf_args_for {
+                    if (*for_shard, *for_replica) == (shard, replica) {
+                        args.extend(extra.iter().map(OsString::from));
+                    }
+                }
                 let name = format!("leaf-{shard}-{replica}");
                 async move {
                     ChildProcess::start(binary, &name, args, logs.path(), ANNOUNCE_LIMIT).await

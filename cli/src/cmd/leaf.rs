@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fanout_leaf::{LeafConfig, LeafServer};
+use fanout_leaf::{FaultPlan, LeafConfig, LeafServer};
 use fanout_runtime::{announce, shutdown};
 use tokio::net::TcpListener;
 
@@ -26,6 +26,17 @@ pub struct LeafArgs {
     /// On shutdown, report NOT_SERVING this long before refusing new calls.
     #[arg(long, default_value_t = 0, env = "FANOUT_DRAIN_DELAY_MS")]
     pub drain_delay_ms: u64,
+    /// Inject a fault, for tests and benchmarks (repeatable; off by default):
+    /// seed=N, latency=D or D1..D2, straggler=PxK, straggler-step=AFTER:P,
+    /// pareto=SCALE:SHAPE, inherent=PxD, hang[=P], unavailable=P
+    /// (durations like 250us, 3ms, 2s).
+    #[arg(
+        long = "fault",
+        value_name = "SPEC",
+        env = "FANOUT_FAULT",
+        value_delimiter = ';'
+    )]
+    pub faults: Vec<String>,
 }
 
 /// Validated `fanout leaf`: the shard is open, ready to serve.
@@ -42,6 +53,7 @@ impl LeafArgs {
                 self.shard_dir.display()
             );
         }
+        let faults = FaultPlan::parse(&self.faults).map_err(anyhow::Error::msg)?;
         let config = LeafConfig {
             shard_dir: self.shard_dir.clone(),
             search_threads: self
@@ -50,7 +62,8 @@ impl LeafArgs {
             drain: drain_options(self.drain_delay_ms),
         };
         let server = LeafServer::open(config)
-            .with_context(|| format!("cannot open the shard in {}", self.shard_dir.display()))?;
+            .with_context(|| format!("cannot open the shard in {}", self.shard_dir.display()))?
+            .with_faults(faults);
         Ok(LeafPlan {
             server,
             listen: self.listen,

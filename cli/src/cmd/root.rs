@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fanout_root::{DEFAULT_DEADLINE_MARGIN, RootConfig, RootServer, Topology};
+use fanout_root::{
+    DEFAULT_DEADLINE_MARGIN, HedgePolicy, HedgeSettings, HedgeTimer, RootConfig, RootServer,
+    Topology,
+};
 use fanout_runtime::{announce, shutdown};
 use tokio::net::TcpListener;
 
@@ -42,6 +45,25 @@ pub struct RootArgs {
     /// On shutdown, report NOT_SERVING this long before refusing new calls.
     #[arg(long, default_value_t = 0, env = "FANOUT_DRAIN_DELAY_MS")]
     pub drain_delay_ms: u64,
+    /// Hedging of shard calls: `off`, `fixed:<ms>` (fractions allowed) or
+    /// `adaptive` (a percentile of each shard's recent latency).
+    #[arg(long, default_value = "adaptive", env = "FANOUT_HEDGE")]
+    pub hedge: HedgePolicy,
+    /// The percentile of recent shard latency an adaptive hedge waits for.
+    #[arg(long, default_value_t = 95.0, env = "FANOUT_HEDGE_PERCENTILE")]
+    pub hedge_percentile: f64,
+    /// The shortest adaptive hedge delay, in microseconds.
+    #[arg(long, default_value_t = 200, env = "FANOUT_HEDGE_FLOOR_US")]
+    pub hedge_floor_us: u64,
+    /// The longest adaptive hedge delay, in microseconds.
+    #[arg(long, default_value_t = 500_000, env = "FANOUT_HEDGE_CEILING_US")]
+    pub hedge_ceiling_us: u64,
+    /// Hedges and retries allowed, in percent of primary shard calls.
+    #[arg(long, default_value_t = 5.0, env = "FANOUT_HEDGE_BUDGET_PERCENT")]
+    pub hedge_budget_percent: f64,
+    /// Hedges and retries allowed per second on top of the percentage.
+    #[arg(long, default_value_t = 10.0, env = "FANOUT_HEDGE_BUDGET_FLOOR")]
+    pub hedge_budget_floor: f64,
 }
 
 /// Validated `fanout root`.
@@ -70,6 +92,15 @@ impl RootArgs {
             default_timeout: Duration::from_millis(self.default_timeout_ms),
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             drain: drain_options(self.drain_delay_ms),
+            hedge: HedgeSettings {
+                policy: self.hedge,
+                percentile: self.hedge_percentile,
+                floor: Duration::from_micros(self.hedge_floor_us),
+                ceiling: Duration::from_micros(self.hedge_ceiling_us),
+                budget_percent: self.hedge_budget_percent,
+                budget_floor_per_second: self.hedge_budget_floor,
+                timer: HedgeTimer::Precise,
+            },
         };
         config.validate().context("bad root configuration")?;
         Ok(RootPlan {

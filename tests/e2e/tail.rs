@@ -1,0 +1,282 @@
+//! Tail tolerance across real processes: hedges around a stopped replica,
+//! probation of a hung one, and the budget that caps the extra load.
+//!
+//! - One replica of shard 0 is SIGSTOPped under a steady query stream: the
+//!   queries still finish within twice the p99 measured before, shard 0 is
+//!   answered by the other replica, and after SIGCONT the stopped one answers
+//!   again.
+//! - One replica of shard 0 hangs (`--fault hang`): every query meets its
+//!   deadline, and the hung replica soon stops being shard 0's first choice.
+//! - Every leaf's straggler rate steps up from 1% to 50%: hedges plus
+//!   retries, counted from the responses, stay within the budget in every
+//!   one-second window.
+//!
+//! The tests run one at a time (a lock) so that their timings do not suffer
+//! from each other on a 2-core machine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout_proto::search::v1::search_client::SearchClient;
+use fanout_proto::search::v1::{SearchRequest, SearchResponse};
+use fanout_tests::{BeirQuery, Cluster, ClusterOptions, IndexFixture, beir, fanout_binary, within};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+const SHARDS: u32 = 4;
+const DEADLINE: Duration = Duration::from_secs(2);
+
+async fn start_cluster(options: impl FnOnce(ClusterOptions) -> ClusterOptions) -> Cluster {
+    let binary = fanout_binary!();
+    let index = IndexFixture::scifact(&binary, SHARDS).expect("SciFact in 4 shards builds");
+    let options = options(ClusterOptions::new(index.dir()).replicas(2));
+    Cluster::start(&binary, options)
+        .await
+        .expect("cluster starts")
+}
+
+fn queries() -> Arc<Vec<BeirQuery>> {
+    Arc::new(beir::scifact_test().expect("SciFact test queries load").0)
+}
+
+/// One answered query: when it came back, how long it took, what it said.
+struct Answer {
+    at: Instant,
+    latency: Duration,
+    response: SearchResponse,
+}
+
+/// `count` queries, `tasks` at a time, each bounded by the deadline;
+/// panics on any error or partial answer.
+async fn query_stream(
+    client: &SearchClient<Channel>,
+    queries: &Arc<Vec<BeirQuery>>,
+    offset: usize,
+    count: usize,
+    tasks: usize,
+) -> Vec<Answer> {
+    let mut set = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let client = client.clone();
+        let queries = Arc::clone(queries);
+        set.spawn(async move {
+            let mut answers = Vec::new();
+            for n in (task..count).step_by(tasks) {
+                let query = &queries[(offset + n) % queries.len()];
+                let mut request = tonic::Request::new(SearchRequest {
+                    query: query.text.clone(),
+                    k: 10,
+                    ..Default::default()
+                });
+                request.set_timeout(DEADLINE);
+                let started = Instant::now();
+                let response = client
+                    .clone()
+                    .search(request)
+                    .await
+                    .unwrap_or_else(|status| panic!("query {} failed: {status:?}", query.id))
+                    .into_inner();
+                let latency = started.elapsed();
+                let coverage = response.coverage.clone().unwrap_or_default();
+                assert_eq!(
+                    coverage.shards_answered, SHARDS,
+                    "query {}: {coverage:?}",
+                    query.id
+                );
+                answers.push(Answer {
+                    at: Instant::now(),
+                    latency,
+                    response,
+                });
+            }
+            answers
+        });
+    }
+    let all = within(Duration::from_secs(120), "the query stream", set.join_all())
+        .await
+        .expect("the query stream ends");
+    all.into_iter().flatten().collect()
+}
+
+fn quantile(answers: &[Answer], q: f64) -> Duration {
+    let mut latencies: Vec<Duration> = answers.iter().map(|answer| answer.latency).collect();
+    latencies.sort();
+    latencies[((latencies.len() - 1) as f64 * q).round() as usize]
+}
+
+fn shard_0_replicas(answers: &[Answer]) -> Vec<String> {
+    answers
+        .iter()
+        .flat_map(|answer| &answer.response.shards)
+        .filter(|timing| timing.shard_id == 0)
+        .map(|timing| timing.replica.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_is_hedged_around_and_used_again_after_it_continues() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let queries = queries();
+    let cluster = start_cluster(|options| options).await;
+    let client = cluster.search_client().await.expect("client connects");
+    let stopped_addr = cluster.leaf(0, 0).addr().to_string();
+
+    // Warm up (connections, the latency histograms), then measure.
+    query_stream(&client, &queries, 0, 100, 2).await;
+    let normal = query_stream(&client, &queries, 100, 200, 2).await;
+    let normal_p99 = quantile(&normal, 0.99);
+    println!(
+        "normal: p50 {:?} p99 {normal_p99:?}",
+        quantile(&normal, 0.5)
+    );
+
+    cluster.leaf(0, 0).stop().expect("SIGSTOP");
+    let stopped = query_stream(&client, &queries, 300, 200, 2).await;
+    cluster.leaf(0, 0).cont().expect("SIGCONT");
+    let stopped_max = quantile(&stopped, 1.0);
+    let shard_0_hedges: u32 = stopped
+        .iter()
+        .flat_map(|answer| &answer.response.shards)
+        .filter(|timing| timing.shard_id == 0)
+        .map(|timing| timing.hedges)
+        .sum();
+    println!(
+        "replica 0/0 stopped: p50 {:?} p99 {:?} max {stopped_max:?}; shard 0 hedges {shard_0_hedges}",
+        quantile(&stopped, 0.5),
+        quantile(&stopped, 0.99),
+    );
+    let from_stopped = shard_0_replicas(&stopped)
+        .iter()
+        .filter(|replica| replica.ends_with(&stopped_addr))
+        .count();
+    assert_eq!(from_stopped, 0, "a stopped replica cannot answer");
+    assert!(
+        shard_0_hedges > 0,
+        "the stopped replica was never tried: nothing was tested"
+    );
+    assert!(
+        stopped_max <= normal_p99 * 2,
+        "with replica 0/0 stopped a query took {stopped_max:?}, over twice the normal p99 {normal_p99:?}"
+    );
+
+    // After SIGCONT the replica answers again within a bounded stream.
+    let mut used_again = false;
+    for round in 0..20 {
+        let after = query_stream(&client, &queries, 500 + round * 100, 100, 2).await;
+        if shard_0_replicas(&after)
+            .iter()
+            .any(|replica| replica.ends_with(&stopped_addr))
+        {
+            println!("replica 0/0 answered again in round {round} after SIGCONT");
+            used_again = true;
+            break;
+        }
+    }
+    assert!(used_again, "replica 0/0 was not used again after SIGCONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_costs_no_deadline_and_goes_on_probation() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let queries = queries();
+    let cluster = start_cluster(|options| options.leaf_args_for(0, 0, &["--fault", "hang"])).await;
+    let client = cluster.search_client().await.expect("client connects");
+    let hung_addr = cluster.leaf(0, 0).addr().to_string();
+
+    let mut answers = query_stream(&client, &queries, 0, 300, 2).await;
+    answers.sort_by_key(|answer| answer.at);
+    let slowest = quantile(&answers, 1.0);
+    println!(
+        "with a hung replica: p50 {:?} max {slowest:?}",
+        quantile(&answers, 0.5)
+    );
+    assert!(slowest < DEADLINE, "every query meets its deadline");
+    assert!(
+        shard_0_replicas(&answers)
+            .iter()
+            .all(|replica| !replica.ends_with(&hung_addr)),
+        "the hung replica never answers"
+    );
+    // Shard 0 answered by a hedge = the hung replica went first.
+    let hung_first: Vec<bool> = answers
+        .iter()
+        .flat_map(|answer| &answer.response.shards)
+        .filter(|timing| timing.shard_id == 0)
+        .map(|timing| timing.winning_attempt > 0)
+        .collect();
+    let shard_0_hedges: u32 = answers
+        .iter()
+        .flat_map(|answer| &answer.response.shards)
+        .filter(|timing| timing.shard_id == 0)
+        .map(|timing| timing.hedges)
+        .sum();
+    println!("shard 0 hedges: {shard_0_hedges}");
+    let early = hung_first[..100].iter().filter(|first| **first).count();
+    let late = hung_first[200..].iter().filter(|first| **first).count();
+    println!("hung replica first for shard 0: {early} of the first 100, {late} of the last 100");
+    assert!(
+        early > 0,
+        "the hung replica was never tried: nothing was tested"
+    );
+    assert!(
+        late <= 10,
+        "the hung replica still goes first in {late} of 100 queries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_load_stays_within_the_budget_when_stragglers_surge() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let queries = queries();
+    let cluster = start_cluster(|options| {
+        let mut options = options;
+        options.leaf_args = ["straggler=0.01x20", "straggler-step=6s:0.5", "seed=11"]
+            .iter()
+            .flat_map(|spec| ["--fault".to_owned(), (*spec).to_owned()])
+            .collect();
+        options
+    })
+    .await;
+    let client = cluster.search_client().await.expect("client connects");
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    let mut offset = 0;
+    while started.elapsed() < Duration::from_secs(14) {
+        answers.extend(query_stream(&client, &queries, offset, 40, 4).await);
+        offset += 40;
+    }
+    // Per one-second window by arrival: primaries, hedges + retries.
+    let mut windows: BTreeMap<u64, (u32, u32, u32)> = BTreeMap::new();
+    for answer in &answers {
+        let window = windows
+            .entry(answer.at.duration_since(started).as_secs())
+            .or_default();
+        for timing in &answer.response.shards {
+            let extra = timing.hedges + timing.retries;
+            window.0 += timing.attempts - extra;
+            window.1 += extra;
+            window.2 += timing.hedges_suppressed;
+        }
+    }
+    let mut suppressed_total = 0;
+    for (second, (primaries, extra, suppressed)) in &windows {
+        println!(
+            "second {second}: {primaries} primaries, {extra} hedges+retries, {suppressed} suppressed"
+        );
+        suppressed_total += suppressed;
+        // 5% of the primaries (phase one and, at most as many, phase two),
+        // the floor of 10 a second, and the bucket's 10 tokens.
+        let budget = 0.05 * 2.0 * f64::from(*primaries) + 10.0 + 10.0;
+        assert!(
+            f64::from(*extra) <= budget,
+            "second {second}: {extra} extra calls for {primaries} primaries exceed the budget {budget}"
+        );
+    }
+    assert!(
+        suppressed_total > 0,
+        "the budget never bit: the surge tested nothing"
+    );
+}
