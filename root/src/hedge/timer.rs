@@ -164,8 +164,10 @@ mod tests {
                 late[late.len() - 1]
             );
         }
-        assert!(quantile(&precise_late, 0.5) < Duration::from_micros(400));
-        assert!(quantile(&longer_late, 0.5) < Duration::from_micros(400));
+        // Within one tick of tokio's millisecond timer, and better than it in
+        // the same run (ratios, not absolute figures, on a shared machine).
+        assert!(quantile(&precise_late, 0.5) < Duration::from_millis(1));
+        assert!(quantile(&longer_late, 0.5) < Duration::from_millis(1));
         assert!(quantile(&precise_late, 0.5) < quantile(&tokio_late, 0.5));
     }
 }
