@@ -34,7 +34,9 @@ use crate::report::{
     REPORT_SCHEMA_VERSION, RunReport, TargetReport, ms, percentile_points,
 };
 use crate::schedule::{ArrivalOffsets, Schedule};
-use crate::target::{CallOutcome, LoadTarget, code_name};
+use fanout_proto::status::code_name;
+
+use crate::target::{CallOutcome, LoadTarget};
 
 pub const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1000;

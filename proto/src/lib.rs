@@ -8,10 +8,12 @@
 //!   `Search` service and the payloads that travel inside `Leaf/Execute` and `Merger/Merge`.
 //! - [`any`]: packing and unpacking `google.protobuf.Any` payloads by type URL.
 //! - [`retry`]: which leaf errors may be retried on another replica.
+//! - [`status`]: status code names as the gRPC specification spells them.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 pub mod any;
 pub mod retry;
+pub mod status;
 
 pub mod v1 {
     tonic::include_proto!("fanout.v1");

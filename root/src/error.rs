@@ -87,29 +87,6 @@ fn status_without_expired_cancellation(status: Status) -> Status {
     status
 }
 
-/// The gRPC name of a status code, as it appears in `ShardFailure.code`.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,11 +107,5 @@ mod tests {
     fn a_plain_cancellation_from_a_merger_stays_cancelled() {
         let status = Status::from(RootError::Merger(Status::cancelled("gone")));
         assert_eq!(status.code(), Code::Cancelled);
-    }
-
-    #[test]
-    fn code_names_are_the_grpc_spellings() {
-        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
-        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
     }
 }

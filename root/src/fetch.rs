@@ -18,7 +18,9 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::cluster::Cluster;
-use crate::error::{RootError, code_name};
+use fanout_proto::status::code_name;
+
+use crate::error::RootError;
 use crate::fanout::AnsweredShard;
 use crate::hedge::HedgePolicy;
 use crate::policy::CoveragePolicy;

@@ -12,7 +12,9 @@
 use fanout_proto::v1::{Coverage, ShardFailure};
 use tonic::Code;
 
-use crate::error::{RootError, code_name};
+use fanout_proto::status::code_name;
+
+use crate::error::RootError;
 
 /// The caller's tolerance for missing shards.
 #[derive(Debug, Clone, Copy, PartialEq)]
