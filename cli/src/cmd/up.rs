@@ -3,11 +3,8 @@
 //! child processes of this binary, waits until the root is SERVING, prints the
 //! endpoint and example commands, and stops everything on Ctrl-C or SIGTERM.
 //!
-//! - [`cached_index`]: the index, built once per corpus and shard count.
-//! - [`cluster`]: starting, watching and stopping the child processes.
-
-mod cached_index;
-mod cluster;
+//! The index cache and the process supervision are `fanout-cluster`'s, shared
+//! with the benchmark scenarios.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -17,26 +14,21 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fanout_cluster::workspace::{default_data_dir, find_in_workspace, workspace_root};
+use fanout_cluster::{
+    ChildOutput, Cluster, IndexSource, Launcher, ReadyIndex, Role, SEARCH_SERVICE_NAME,
+    current_executable, ensure_index, root_args, start_leaves, start_merger, wait_until_serving,
+};
 use fanout_runtime::announce;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use crate::cmd::up::cached_index::{IndexSource, ReadyIndex, ensure_index};
-use crate::cmd::up::cluster::{Cluster, ClusterProcess, Launcher, Role, current_executable};
-use crate::cmd::{LogFormatArg, available_cores, grpc_status, human};
+use crate::cmd::{LogFormatArg, available_cores, human, index};
 
 /// Longest wait for every child to announce its address and the root to be SERVING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time between two health checks of the root while it starts.
-const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long each group of children may take to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// The service whose health says the root is ready.
-const SEARCH_SERVICE_NAME: &str = "fanout.search.v1.Search";
 /// Exit status after an interrupted start (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -115,28 +107,9 @@ impl UpArgs {
     }
 }
 
-/// The workspace this binary was built from, when it is still there (so that
-/// `cargo run -- up` finds the bundled corpus from any directory).
-fn workspace_root() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    root.join("Cargo.toml")
-        .is_file()
-        .then(|| root.to_path_buf())
-}
-
-fn default_data_dir() -> PathBuf {
-    workspace_root().map_or_else(|| PathBuf::from(".fanout"), |root| root.join(".fanout"))
-}
-
 /// `path` if it names a file from here, else the same path in the workspace.
 fn resolve_in_workspace(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let in_workspace = workspace_root()
-        .filter(|_| path.is_relative())
-        .map(|root| root.join(path));
-    if let Some(found) = in_workspace.filter(|candidate| candidate.is_file()) {
+    if let Some(found) = find_in_workspace(path) {
         return Ok(found);
     }
     match workspace_root().filter(|_| path.is_relative()) {
@@ -189,20 +162,23 @@ pub async fn run(plan: UpPlan, log_format: LogFormatArg) -> anyhow::Result<ExitC
         })?;
     }
     let ready = tokio::select! {
-        ready = ensure_index(&plan.source, &plan.data_dir, plan.rebuild) => ready?,
+        ready = ensure_index(&plan.source, &plan.data_dir, plan.rebuild, available_cores()) => ready?,
         signal = signals.recv() => {
             eprintln!("{signal}: index build interrupted");
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
     };
-    if !ready.built_now {
-        eprintln!("using the index in {}", ready.dir.display());
+    match &ready.built_now {
+        Some(report) => index::print_report(report),
+        None => eprintln!("using the index in {}", ready.dir.display()),
     }
 
     let launcher = Launcher {
         executable: current_executable()?,
         log_format: log_format.as_flag_value(),
-        prefix_output: log_format == LogFormatArg::Text,
+        output: ChildOutput::Forward {
+            prefix: log_format == LogFormatArg::Text,
+        },
     };
     let mut cluster = Cluster::default();
     let started = tokio::select! {
@@ -273,107 +249,33 @@ async fn start_cluster(
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let leaf_count = ready.manifest.shard_count * plan.replicas;
     let search_threads = (available_cores() / leaf_count as usize).max(1);
-    let any_port = OsString::from("127.0.0.1:0");
-
-    for shard in &ready.manifest.shards {
-        let shard_dir = ready.dir.join(&shard.dir);
-        for replica in 0..plan.replicas {
-            let role = Role::Leaf {
-                shard_id: shard.shard_id,
-                replica,
-            };
-            let args = [
-                OsString::from("--shard-dir"),
-                shard_dir.clone().into_os_string(),
-                OsString::from("--listen"),
-                any_port.clone(),
-                OsString::from("--search-threads"),
-                OsString::from(search_threads.to_string()),
-            ];
-            cluster.start(launcher, role, &args)?;
-        }
-    }
+    start_leaves(cluster, launcher, ready, plan.replicas, |_, _| {
+        vec![
+            OsString::from("--search-threads"),
+            OsString::from(search_threads.to_string()),
+        ]
+    })?;
     if !plan.embedded_merger {
-        let args = [OsString::from("--listen"), any_port.clone()];
-        cluster.start(launcher, Role::Merger, &args)?;
+        start_merger(cluster, launcher)?;
     }
     // Every process starts at once; their announce lines are read in turn.
     cluster.admit_all(deadline).await?;
 
-    let mut root_args = vec![
-        OsString::from("--listen"),
-        OsString::from(plan.listen.to_string()),
-    ];
-    for shard_id in 0..ready.manifest.shard_count {
-        let replicas: Vec<String> = leaves_of_shard(cluster, shard_id)
-            .map(|leaf| leaf.addr.to_string())
-            .collect();
-        root_args.push(OsString::from("--shard"));
-        root_args.push(OsString::from(format!("{shard_id}={}", replicas.join(","))));
-    }
-    if let Some(merger) = process_of(cluster, Role::Merger) {
-        root_args.push(OsString::from("--merger"));
-        root_args.push(OsString::from(format!("http://{}", merger.addr)));
-    }
-    cluster.start(launcher, Role::Root, &root_args)?;
+    let args = root_args(cluster, ready.manifest.shard_count, plan.listen)?;
+    cluster.start(launcher, Role::ROOT, &args)?;
     cluster.admit_all(deadline).await?;
-    let root_addr = process_of(cluster, Role::Root)
+    let root_addr = cluster
+        .process(Role::ROOT)
         .context("the root is missing from the cluster")?
         .addr;
-    wait_until_serving(root_addr, deadline).await?;
+    wait_until_serving(root_addr, SEARCH_SERVICE_NAME, deadline).await?;
     Ok(root_addr)
-}
-
-fn leaves_of_shard(cluster: &Cluster, shard_id: u32) -> impl Iterator<Item = &ClusterProcess> {
-    cluster.processes.iter().filter(
-        move |process| matches!(process.role, Role::Leaf { shard_id: id, .. } if id == shard_id),
-    )
-}
-
-fn process_of(cluster: &Cluster, role: Role) -> Option<&ClusterProcess> {
-    cluster
-        .processes
-        .iter()
-        .find(|process| process.role == role)
-}
-
-/// Polls the root's `grpc.health.v1` until Search is SERVING or `deadline` passes.
-async fn wait_until_serving(addr: SocketAddr, deadline: Instant) -> anyhow::Result<()> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .context("the root's address is not a URL")?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(1));
-    loop {
-        let problem = match check_health(&endpoint).await {
-            Ok(ServingStatus::Serving) => return Ok(()),
-            Ok(status) => format!("health is {}", status.as_str_name()),
-            Err(problem) => problem,
-        };
-        if Instant::now() + HEALTH_POLL_INTERVAL >= deadline {
-            bail!("the root at {addr} is not SERVING after {STARTUP_TIMEOUT:?}: {problem}");
-        }
-        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
-    }
-}
-
-async fn check_health(endpoint: &Endpoint) -> Result<ServingStatus, String> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| error.to_string())?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: SEARCH_SERVICE_NAME.to_owned(),
-        })
-        .await
-        .map_err(|status| grpc_status::describe(&status))?;
-    Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
 }
 
 /// The endpoint, who serves what, and commands to try.
 fn print_cluster(cluster: &Cluster, ready: &ReadyIndex, root_addr: SocketAddr, replicas: u32) {
     let manifest = &ready.manifest;
-    let root_pid = process_of(cluster, Role::Root).map_or(0, |root| root.pid);
+    let root_pid = cluster.process(Role::ROOT).map_or(0, |root| root.pid);
     println!();
     println!(
         "fanout is up: {} docs in {} shards x {replicas} replicas",
@@ -381,12 +283,13 @@ fn print_cluster(cluster: &Cluster, ready: &ReadyIndex, root_addr: SocketAddr, r
         manifest.shard_count,
     );
     println!("  endpoint  http://{root_addr}  (root, pid {root_pid})");
-    match process_of(cluster, Role::Merger) {
+    match cluster.process(Role::Merger) {
         Some(merger) => println!("  merger    http://{}  (pid {})", merger.addr, merger.pid),
         None => println!("  merger    embedded in the root"),
     }
     for shard in &manifest.shards {
-        let leaves: Vec<String> = leaves_of_shard(cluster, shard.shard_id)
+        let leaves: Vec<String> = cluster
+            .leaves_of_shard(shard.shard_id)
             .map(|leaf| format!("{} (pid {})", leaf.addr, leaf.pid))
             .collect();
         println!(
@@ -418,17 +321,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_bundled_corpus_from_the_workspace() {
-        // Tests run in cli/, where data/ does not exist: the workspace lookup finds it.
-        let corpus = resolve_in_workspace(Path::new("data/debian-descriptions.jsonl.gz")).unwrap();
-        assert!(corpus.is_file(), "{}", corpus.display());
-        assert!(resolve_in_workspace(Path::new("data/no-such-corpus.jsonl")).is_err());
-    }
-
-    #[test]
-    fn the_default_data_dir_is_in_the_workspace() {
-        let data_dir = default_data_dir();
-        assert!(data_dir.ends_with(".fanout"));
-        assert!(data_dir.parent().unwrap().join("Cargo.toml").is_file());
+    fn a_missing_corpus_is_named() {
+        let error = resolve_in_workspace(Path::new("data/no-such-corpus.jsonl")).unwrap_err();
+        assert!(error.to_string().contains("no-such-corpus"), "{error}");
     }
 }

@@ -1,17 +1,21 @@
-//! The child processes of `fanout up`: started from this same binary, their
-//! port-0 addresses read from their announce lines, their output forwarded
-//! with a prefix, stopped with SIGTERM (then SIGKILL) and never left behind.
+//! Child processes of a local cluster (`fanout up`, `fanout loadgen scenario`):
+//! started from the fanout binary, their port-0 addresses read from their
+//! announce lines, their output forwarded with a prefix or written to a log
+//! file each, stopped with SIGTERM (then SIGKILL) and never left behind.
 //!
 //! Children run in their own process group, so a Ctrl-C in the terminal
-//! reaches `up` alone and `up` stops them in order (root first). Every child is
-//! spawned with `kill_on_drop`, and [`Cluster`] kills what is left when
-//! dropped, so an error or a panic in `up` takes the children down too.
+//! reaches the parent alone and the parent stops them in order (root first).
+//! Every child is spawned with `kill_on_drop`, and [`Cluster`] kills what is
+//! left when dropped, so an error or a panic in the parent takes the children
+//! down too.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,9 +30,20 @@ use tokio::time::Instant;
 /// What a child process is, for reports and for what its loss means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    Leaf { shard_id: u32, replica: u32 },
+    Leaf {
+        shard_id: u32,
+        replica: u32,
+    },
     Merger,
-    Root,
+    /// `index` tells apart several roots over the same leaves (0 for the first).
+    Root {
+        index: u32,
+    },
+}
+
+impl Role {
+    /// The first (usually only) root.
+    pub const ROOT: Role = Role::Root { index: 0 };
 }
 
 impl Role {
@@ -37,7 +52,7 @@ impl Role {
         match self {
             Role::Leaf { .. } => "leaf",
             Role::Merger => "merger",
-            Role::Root => "root",
+            Role::Root { .. } => "root",
         }
     }
 
@@ -46,8 +61,14 @@ impl Role {
         match self {
             Role::Leaf { shard_id, replica } => format!("leaf {shard_id}.{replica}"),
             Role::Merger => "merger".to_owned(),
-            Role::Root => "root".to_owned(),
+            Role::Root { index: 0 } => "root".to_owned(),
+            Role::Root { index } => format!("root {index}"),
         }
+    }
+
+    /// The label as a file name: `leaf-2-1`, `root-1`.
+    pub fn file_stem(self) -> String {
+        self.label().replace(['.', ' '], "-")
     }
 }
 
@@ -75,12 +96,58 @@ pub struct StartingProcess {
     announced: oneshot::Receiver<SocketAddr>,
 }
 
+/// Where a child's output (its logs on stderr, anything but the announce
+/// line on stdout) goes.
+#[derive(Debug, Clone)]
+pub enum ChildOutput {
+    /// To this process's stdout and stderr, each line prefixed with the
+    /// child's label when `prefix` is set (not for JSON logs).
+    Forward { prefix: bool },
+    /// To `<dir>/<label>.log`, one file a child (for long runs whose output
+    /// would drown the terminal, e.g. benchmark scenarios).
+    Files { dir: PathBuf },
+}
+
 /// How children are started: which binary, with which log format.
 pub struct Launcher {
-    pub executable: std::path::PathBuf,
+    pub executable: PathBuf,
     pub log_format: &'static str,
-    /// Prefix each forwarded output line with the child's label (not for JSON logs).
-    pub prefix_output: bool,
+    pub output: ChildOutput,
+}
+
+/// Where the forwarding tasks write one child's lines.
+#[derive(Clone)]
+enum LineSink {
+    Terminal { prefix: String },
+    File(Arc<Mutex<File>>),
+}
+
+impl LineSink {
+    fn stdout_line(&self, line: &str) {
+        match self {
+            LineSink::Terminal { prefix } => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{prefix}{line}");
+            }
+            LineSink::File(file) => Self::file_line(file, line),
+        }
+    }
+
+    fn stderr_line(&self, line: &str) {
+        match self {
+            LineSink::Terminal { prefix } => {
+                let mut out = std::io::stderr().lock();
+                let _ = writeln!(out, "{prefix}{line}");
+            }
+            LineSink::File(file) => Self::file_line(file, line),
+        }
+    }
+
+    fn file_line(file: &Mutex<File>, line: &str) {
+        // A poisoned lock only means another line's write panicked; keep logging.
+        let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = writeln!(file, "{line}");
+    }
 }
 
 impl Launcher {
@@ -110,22 +177,26 @@ impl Launcher {
         let Some(pid) = child.id() else {
             bail!("{} exited as soon as it started", role.label());
         };
-        let prefix = if self.prefix_output {
-            format!("{} | ", role.label())
-        } else {
-            String::new()
+        let sink = match &self.output {
+            ChildOutput::Forward { prefix: true } => LineSink::Terminal {
+                prefix: format!("{} | ", role.label()),
+            },
+            ChildOutput::Forward { prefix: false } => LineSink::Terminal {
+                prefix: String::new(),
+            },
+            ChildOutput::Files { dir } => {
+                let path = dir.join(format!("{}.log", role.file_stem()));
+                let file = File::create(&path)
+                    .with_context(|| format!("cannot create the log file {}", path.display()))?;
+                LineSink::File(Arc::new(Mutex::new(file)))
+            }
         };
         let (announce_sender, announced) = oneshot::channel();
         // Both pipes were requested just above, so both are present.
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        tokio::spawn(forward_stdout(
-            stdout,
-            role,
-            prefix.clone(),
-            announce_sender,
-        ));
-        tokio::spawn(forward_stderr(stderr, prefix));
+        tokio::spawn(forward_stdout(stdout, role, sink.clone(), announce_sender));
+        tokio::spawn(forward_stderr(stderr, sink));
         Ok(StartingProcess {
             role,
             pid,
@@ -136,11 +207,11 @@ impl Launcher {
 }
 
 /// Reads a child's stdout: the announce line goes to `announce_sender`, every
-/// other line to our stdout.
+/// other line to `sink`.
 async fn forward_stdout(
     stdout: impl AsyncRead + Unpin,
     role: Role,
-    prefix: String,
+    sink: LineSink,
     announce_sender: oneshot::Sender<SocketAddr>,
 ) {
     let mut announce_sender = Some(announce_sender);
@@ -156,21 +227,19 @@ async fn forward_stdout(
             }
             (_, sender) => announce_sender = sender,
         }
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{prefix}{line}");
+        sink.stdout_line(&line);
     }
 }
 
-/// Copies a child's stderr (its logs) to ours, line by line.
-async fn forward_stderr(stderr: impl AsyncRead + Unpin, prefix: String) {
+/// Copies a child's stderr (its logs) to `sink`, line by line.
+async fn forward_stderr(stderr: impl AsyncRead + Unpin, sink: LineSink) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let mut out = std::io::stderr().lock();
-        let _ = writeln!(out, "{prefix}{line}");
+        sink.stderr_line(&line);
     }
 }
 
-/// Every child of `up`. Dropping it kills whatever still runs.
+/// Every child of a local cluster. Dropping it kills whatever still runs.
 #[derive(Default)]
 pub struct Cluster {
     /// Children that have announced their address, in start order.
@@ -238,6 +307,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// The announced leaves of one shard, in replica order.
+    pub fn leaves_of_shard(&self, shard_id: u32) -> impl Iterator<Item = &ClusterProcess> {
+        self.processes.iter().filter(
+            move |process| matches!(process.role, Role::Leaf { shard_id: id, .. } if id == shard_id),
+        )
+    }
+
+    /// The announced process with this role.
+    pub fn process(&self, role: Role) -> Option<&ClusterProcess> {
+        self.processes.iter().find(|process| process.role == role)
+    }
+
     /// Children started, announced or not, that have not been seen to exit.
     pub fn running_count(&self) -> usize {
         let announced = self.processes.iter().filter(|process| process.is_running());
@@ -285,7 +366,7 @@ impl Cluster {
             .processes
             .iter_mut()
             .filter(|process| process.is_running())
-            .partition(|process| process.role == Role::Root);
+            .partition(|process| matches!(process.role, Role::Root { .. }));
         stop_processes(roots, grace).await;
         stop_processes(others, grace).await;
     }
@@ -334,7 +415,7 @@ fn send_sigterm(pid: u32) {
 }
 
 /// The executable to start children from: this very binary.
-pub fn current_executable() -> anyhow::Result<std::path::PathBuf> {
+pub fn current_executable() -> anyhow::Result<PathBuf> {
     let executable = std::env::current_exe().context("cannot find the fanout executable")?;
     if !Path::new(&executable).is_file() {
         bail!("the fanout executable {} is gone", executable.display());
@@ -364,7 +445,16 @@ mod tests {
             .subcommand(),
             "leaf"
         );
-        assert_eq!(Role::Root.label(), "root");
+        assert_eq!(Role::ROOT.label(), "root");
+        assert_eq!(Role::Root { index: 2 }.label(), "root 2");
+        assert_eq!(
+            Role::Leaf {
+                shard_id: 2,
+                replica: 1
+            }
+            .file_stem(),
+            "leaf-2-1"
+        );
     }
 
     #[tokio::test]

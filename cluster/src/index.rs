@@ -1,5 +1,5 @@
-//! The index `fanout up` serves: built once per corpus and shard count, then
-//! reused. It lives in `<data-dir>/index-<fingerprint>`, where the fingerprint
+//! The index a local cluster serves: built once per corpus and shard count,
+//! then reused (by `fanout up`, by every scenario of `fanout loadgen scenario`). It lives in `<data-dir>/index-<fingerprint>`, where the fingerprint
 //! hashes what would change the index (corpus path, size and modification
 //! time, shard count, field names). A build writes to `index-<fingerprint>.partial`
 //! and renames it when complete, so an interrupted build is never reused.
@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, bail};
-use fanout_leaf::{BadLinePolicy, IndexBuildOptions, IndexManifest, read_index_manifest};
-
-use crate::cmd::{available_cores, index};
+use fanout_leaf::{
+    BadLinePolicy, IndexBuildOptions, IndexBuildReport, IndexManifest, build_index,
+    read_index_manifest,
+};
 
 /// Memory of the index writers during a first-run build.
 const WRITER_MEMORY_BYTES: usize = 256 << 20;
@@ -29,8 +30,20 @@ pub struct IndexSource {
 pub struct ReadyIndex {
     pub dir: PathBuf,
     pub manifest: IndexManifest,
-    /// False when a previous run's index was reused.
-    pub built_now: bool,
+    /// What the build did, when it happened now; `None` when a previous
+    /// run's index was reused.
+    pub built_now: Option<IndexBuildReport>,
+}
+
+impl ReadyIndex {
+    /// The folder of one shard.
+    pub fn shard_dir(&self, shard_id: u32) -> Option<PathBuf> {
+        self.manifest
+            .shards
+            .iter()
+            .find(|shard| shard.shard_id == shard_id)
+            .map(|shard| self.dir.join(&shard.dir))
+    }
 }
 
 /// Stable across runs and toolchains (FNV-1a, 64 bits), unlike `DefaultHasher`.
@@ -78,11 +91,13 @@ fn fingerprint_of(corpus: &Path, size: u64, modified_nanos: u128, source: &Index
 }
 
 /// The index of `source` under `data_dir`, built now when absent (or when
-/// `rebuild`), reused otherwise.
+/// `rebuild`), reused otherwise. A build uses `threads` threads and says what
+/// it does on stderr.
 pub async fn ensure_index(
     source: &IndexSource,
     data_dir: &Path,
     rebuild: bool,
+    threads: usize,
 ) -> anyhow::Result<ReadyIndex> {
     let fingerprint = fingerprint(source)?;
     let dir = data_dir.join(format!("index-{fingerprint}"));
@@ -92,7 +107,7 @@ pub async fn ensure_index(
                 return Ok(ReadyIndex {
                     dir,
                     manifest,
-                    built_now: false,
+                    built_now: None,
                 });
             }
             Ok(manifest) => eprintln!(
@@ -118,7 +133,7 @@ pub async fn ensure_index(
         source.shards,
         dir.display()
     );
-    let report = index::run_build(IndexBuildOptions {
+    let options = IndexBuildOptions {
         input: source.corpus.clone(),
         out_dir: partial.clone(),
         shards: source.shards,
@@ -127,11 +142,15 @@ pub async fn ensure_index(
         text_field: source.text_field.clone(),
         bad_lines: BadLinePolicy::Skip,
         writer_memory_bytes: WRITER_MEMORY_BYTES,
-        threads: available_cores(),
+        threads,
         progress: true,
-    })
-    .await?;
-    index::print_report(&report);
+    };
+    // The build reads, parses and writes for a while: off the runtime, so
+    // that signals are still heard.
+    let report = tokio::task::spawn_blocking(move || build_index(&options))
+        .await
+        .context("the index build panicked")?
+        .with_context(|| format!("cannot index {}", source.corpus.display()))?;
     remove_dir_if_present(&dir)?;
     std::fs::rename(&partial, &dir)
         .with_context(|| format!("cannot rename {} to {}", partial.display(), dir.display()))?;
@@ -148,7 +167,7 @@ pub async fn ensure_index(
     Ok(ReadyIndex {
         dir,
         manifest,
-        built_now: true,
+        built_now: Some(report),
     })
 }
 

@@ -1,0 +1,22 @@
+//! Local fanout clusters of real processes, shared by `fanout up` (the
+//! embedded default) and `fanout loadgen scenario` (benchmarks).
+//!
+//! - [`index`]: the index a cluster serves, built once per corpus and shard
+//!   count and reused from then on.
+//! - [`process`]: starting children from the fanout binary, reading their
+//!   announced addresses, forwarding or filing their output, stopping them.
+//! - [`local`]: the usual shape: S x R leaves and a merger first, then roots
+//!   pointed at them, each waited for until `grpc.health.v1` says SERVING.
+//! - [`workspace`]: the workspace's bundled data and index cache.
+
+pub mod index;
+pub mod local;
+pub mod process;
+pub mod workspace;
+
+pub use index::{IndexSource, ReadyIndex, ensure_index};
+pub use local::{
+    LEAF_SERVICE_NAME, MERGER_SERVICE_NAME, SEARCH_SERVICE_NAME, root_args, start_leaves,
+    start_merger, wait_until_serving,
+};
+pub use process::{ChildOutput, Cluster, ClusterProcess, Launcher, Role, current_executable};
