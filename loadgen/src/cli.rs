@@ -4,6 +4,7 @@
 //! fanout loadgen run --target search --addr 127.0.0.1:50051 --rate 200 --duration 30s \
 //!     --queries queries.jsonl --json run.json --hdr-log run.hlog --plot run.png
 //! fanout loadgen plot before.json after.json --out compare.png
+//! fanout loadgen scenario loadgen/scenarios/hedging-stragglers.toml
 //! ```
 //! Every flag can also come from its `FANOUT_LOADGEN_...` environment variable.
 
@@ -14,13 +15,17 @@ use fanout_proto::Any;
 use fanout_proto::search::v1::QueryMode;
 use prost::Message;
 
+use fanout_cluster::current_executable;
+use fanout_cluster::workspace::{default_data_dir, workspace_root};
+
 use crate::error::LoadgenError;
 use crate::plot::plot_percentiles;
 use crate::queries::{QueryFormat, QueryOrder, QuerySet};
 use crate::report::RunReport;
 use crate::runner::{RunOptions, StopCondition, run_load_until};
+use crate::scenario::{Scenario, ScenarioOptions, run_scenario};
 use crate::schedule::{ArrivalProcess, Schedule};
-use crate::target::{LoadTarget, RequestTemplate, TargetKind, TargetSpec};
+use crate::target::{HedgeRequest, LoadTarget, RequestTemplate, TargetKind, TargetSpec};
 
 /// Open-loop load generation against a fanout root or leaf, and plots of its reports.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,6 +43,9 @@ pub enum LoadgenCommand {
     Run(RunArgs),
     /// Plot latency by percentile of one or several JSON reports into one PNG.
     Plot(PlotArgs),
+    /// Run a benchmark scenario (TOML): start its clusters, run its variants
+    /// interleaved, write a comparison table, reports and plots.
+    Scenario(ScenarioArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,6 +180,11 @@ pub struct RunArgs {
     #[arg(long, env = "FANOUT_LOADGEN_SNIPPETS")]
     pub snippets: bool,
 
+    /// search, query: the hedging to ask the root for: default (the root's own),
+    /// off, adaptive or fixed:<ms>.
+    #[arg(long, default_value = "default", env = "FANOUT_LOADGEN_HEDGE")]
+    pub hedge: HedgeRequest,
+
     /// leaf: the shard id to send (the leaf answers FAILED_PRECONDITION for another shard).
     #[arg(long, default_value_t = 0, env = "FANOUT_LOADGEN_SHARD_ID")]
     pub shard_id: u32,
@@ -225,6 +238,45 @@ pub struct PlotArgs {
     pub title: Option<String>,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScenarioArgs {
+    /// The scenario file (see loadgen/SCENARIOS.md; shipped ones in loadgen/scenarios/).
+    pub file: PathBuf,
+
+    /// Where reports, logs, the table and the plot go
+    /// [default: target/scenarios/<name> in the fanout workspace].
+    #[arg(long, env = "FANOUT_LOADGEN_SCENARIO_OUT")]
+    pub out: Option<PathBuf>,
+
+    /// Where indexes are built and kept between runs [default: .fanout in the fanout workspace].
+    #[arg(long, env = "FANOUT_LOADGEN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Measure each run this long instead of the scenario's duration (e.g. 3s for a quick look).
+    #[arg(long, value_parser = parse_duration, env = "FANOUT_LOADGEN_SCENARIO_DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Run this many rounds instead of the scenario's.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), env = "FANOUT_LOADGEN_SCENARIO_ROUNDS")]
+    pub rounds: Option<u32>,
+
+    /// Only read and check the scenario and the files it names; start nothing.
+    #[arg(long, env = "FANOUT_LOADGEN_SCENARIO_CHECK")]
+    pub check: bool,
+}
+
+impl ScenarioArgs {
+    /// Reads and checks the scenario file and the files it names.
+    pub fn load(&self) -> Result<Scenario, LoadgenError> {
+        let scenario = Scenario::load(&self.file)?;
+        crate::scenario::check_files(&scenario).map_err(|error| LoadgenError::Scenario {
+            path: self.file.clone(),
+            reason: error.to_string(),
+        })?;
+        Ok(scenario)
+    }
+}
+
 /// Everything a run needs, read and checked; built without a runtime.
 #[derive(Debug, Clone)]
 pub struct PreparedRun {
@@ -243,6 +295,7 @@ impl LoadgenArgs {
         match &self.command {
             LoadgenCommand::Run(run_args) => run_args.prepare().map(|_| ()),
             LoadgenCommand::Plot(plot_args) => plot_args.validate(),
+            LoadgenCommand::Scenario(scenario_args) => scenario_args.load().map(|_| ()),
         }
     }
 }
@@ -307,6 +360,7 @@ impl RunArgs {
             progress: !self.no_progress && RunOptions::stderr_is_terminal(),
             hdr_log: self.hdr_log.clone(),
             late_launch_threshold: Duration::from_micros(self.late_launch_threshold_us),
+            keep_shard_samples: false,
         };
         options.validate()?;
         Ok(PreparedRun {
@@ -322,6 +376,7 @@ impl RunArgs {
                     snippets: self.snippets,
                     shard_id: self.shard_id,
                     payload,
+                    hedge: self.hedge,
                 },
             },
             schedule,
@@ -349,7 +404,42 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     match args.command {
         LoadgenCommand::Run(run_args) => run_and_report(&run_args).await?,
         LoadgenCommand::Plot(plot_args) => plot_reports(&plot_args)?,
+        LoadgenCommand::Scenario(scenario_args) => run_scenario_command(&scenario_args).await?,
     }
+    Ok(())
+}
+
+async fn run_scenario_command(args: &ScenarioArgs) -> anyhow::Result<()> {
+    let scenario = args.load()?;
+    if args.check {
+        println!(
+            "scenario {}: {} variants, {} rounds; files present",
+            scenario.name,
+            scenario.variants.len(),
+            scenario.rounds
+        );
+        return Ok(());
+    }
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        workspace_root()
+            .unwrap_or_default()
+            .join("target/scenarios")
+            .join(&scenario.name)
+    });
+    let options = ScenarioOptions {
+        executable: current_executable()?,
+        out_dir: out_dir.clone(),
+        data_dir: args.data_dir.clone().unwrap_or_else(default_data_dir),
+        index_threads: std::thread::available_parallelism().map_or(1, usize::from),
+        duration: args.duration,
+        rounds: args.rounds,
+    };
+    let comparison = run_scenario(&scenario, &options).await?;
+    println!("{}", comparison.to_markdown());
+    eprintln!(
+        "loadgen: wrote comparison.md, summary.json, percentiles.png, runs/ and logs/ to {}",
+        out_dir.display()
+    );
     Ok(())
 }
 

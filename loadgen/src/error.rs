@@ -47,6 +47,9 @@ pub enum LoadgenError {
     #[error("cannot draw the plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
 
+    #[error("scenario {path}: {reason}")]
+    Scenario { path: PathBuf, reason: String },
+
     #[error("the launcher thread failed: {0}")]
     Launcher(String),
 }

@@ -19,16 +19,21 @@
 //!   `REPORT_SCHEMA.md`), and its text summary.
 //! - [`interval_log`]: the HdrHistogram interval log, one histogram a second.
 //! - [`plot`]: latency-by-percentile plots of one or several reports (PNG).
-//! - [`cli`]: [`LoadgenArgs`] and [`run`], the `fanout loadgen run | plot` front end.
+//! - [`ideal`]: the ideal hedged latency, resampled from a hedging-off run.
+//! - [`scenario`]: `fanout loadgen scenario`: clusters started from a TOML
+//!   file, variants run interleaved, a comparison table and plots.
+//! - [`cli`]: [`LoadgenArgs`] and [`run`], the `fanout loadgen run | plot | scenario` front end.
 //! - [`error`]: [`LoadgenError`], the crate's one error type.
 
 pub mod cli;
 pub mod error;
+pub mod ideal;
 pub mod interval_log;
 pub mod plot;
 pub mod queries;
 pub mod report;
 pub mod runner;
+pub mod scenario;
 pub mod schedule;
 pub mod seeded_random;
 pub mod target;
@@ -37,6 +42,8 @@ pub use cli::{LoadgenArgs, LoadgenCommand, PlotArgs, RunArgs, run};
 pub use error::LoadgenError;
 pub use queries::{QueryFormat, QueryOrder, QuerySet};
 pub use report::RunReport;
-pub use runner::{RunOptions, StopCondition, run_load, run_load_until};
+pub use runner::{
+    QuerySample, RunOptions, RunOutcome, StopCondition, run_load, run_load_detailed, run_load_until,
+};
 pub use schedule::{ArrivalProcess, Schedule};
-pub use target::{LoadTarget, RequestTemplate, TargetKind, TargetSpec};
+pub use target::{HedgeRequest, LoadTarget, RequestTemplate, TargetKind, TargetSpec};

@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
 use crate::error::LoadgenError;
-use crate::report::RunReport;
+use crate::report::{PercentilePoint, RunReport};
 
 static EMBEDDED_FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 const FONT_FAMILY: &str = "sans-serif";
@@ -68,23 +68,49 @@ fn latency_label_decimals(axis_end_ms: f64) -> usize {
     }
 }
 
-/// One line per report: (percentile axis coordinate, latency in ms).
-fn report_curve(report: &RunReport, axis_end: f64) -> Vec<(f64, f64)> {
-    let mut points: Vec<(f64, f64)> = report
-        .percentiles
-        .iter()
-        .filter(|point| point.percentile < 100.0)
-        .map(|point| {
-            (
-                tail_scale(point.percentile).min(axis_end),
-                point.latency_us as f64 / 1000.0,
-            )
-        })
-        .collect();
-    if report.count > 0 {
-        points.push((axis_end, report.latency.slowest_us as f64 / 1000.0));
+/// One line of a plot: a latency distribution and its legend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlotCurve {
+    /// The legend's name of the line.
+    pub label: String,
+    /// HdrHistogram's percentile iteration (see [`crate::report::percentile_points`]).
+    pub points: Vec<PercentilePoint>,
+    pub p99_us: u64,
+    pub slowest_us: u64,
+    /// Requests behind the curve.
+    pub count: u64,
+}
+
+impl PlotCurve {
+    /// The curve of one run's measured requests.
+    pub fn of_report(report: &RunReport) -> PlotCurve {
+        PlotCurve {
+            label: report.label.clone(),
+            points: report.percentiles.clone(),
+            p99_us: report.latency.p99_us,
+            slowest_us: report.latency.slowest_us,
+            count: report.count,
+        }
     }
-    points
+
+    /// (percentile axis coordinate, latency in ms) along the curve.
+    fn coordinates(&self, axis_end: f64) -> Vec<(f64, f64)> {
+        let mut coordinates: Vec<(f64, f64)> = self
+            .points
+            .iter()
+            .filter(|point| point.percentile < 100.0)
+            .map(|point| {
+                (
+                    tail_scale(point.percentile).min(axis_end),
+                    point.latency_us as f64 / 1000.0,
+                )
+            })
+            .collect();
+        if self.count > 0 {
+            coordinates.push((axis_end, self.slowest_us as f64 / 1000.0));
+        }
+        coordinates
+    }
 }
 
 /// Draws the latency-by-percentile curves of `reports` into the PNG `out`.
@@ -93,28 +119,38 @@ pub fn plot_percentiles(
     out: &Path,
     title: Option<&str>,
 ) -> Result<(), LoadgenError> {
+    let curves: Vec<PlotCurve> = reports.iter().map(PlotCurve::of_report).collect();
+    plot_curves(&curves, out, title)
+}
+
+/// Draws `curves` into the PNG `out`, one colour each, with a legend.
+pub fn plot_curves(
+    curves: &[PlotCurve],
+    out: &Path,
+    title: Option<&str>,
+) -> Result<(), LoadgenError> {
     let plot_error = |reason: String| LoadgenError::Plot {
         path: out.to_path_buf(),
         reason,
     };
-    if reports.is_empty() {
-        return Err(plot_error("no reports to plot".to_string()));
+    if curves.is_empty() {
+        return Err(plot_error("no runs to plot".to_string()));
     }
     if !embedded_font_registered() {
         return Err(plot_error("the embedded font does not load".to_string()));
     }
-    let deepest_percentile = reports
+    let deepest_percentile = curves
         .iter()
-        .flat_map(|report| report.percentiles.iter())
+        .flat_map(|curve| curve.points.iter())
         .map(|point| point.percentile)
         .filter(|percentile| *percentile < 100.0)
         .fold(0.0f64, f64::max);
     let axis_end = 10f64
         .powf(tail_scale(deepest_percentile).log10().ceil())
         .clamp(MIN_TAIL_SCALE, MAX_TAIL_SCALE);
-    let slowest_ms = reports
+    let slowest_ms = curves
         .iter()
-        .map(|report| report.latency.slowest_us as f64 / 1000.0)
+        .map(|curve| curve.slowest_us as f64 / 1000.0)
         .fold(0.0f64, f64::max);
     let latency_axis_end = if slowest_ms > 0.0 {
         slowest_ms * 1.05
@@ -155,18 +191,18 @@ pub fn plot_percentiles(
             .label_style((FONT_FAMILY, 16))
             .axis_desc_style((FONT_FAMILY, 18))
             .draw()?;
-        for (index, report) in reports.iter().enumerate() {
+        for (index, curve) in curves.iter().enumerate() {
             let color = SERIES_COLORS[index % SERIES_COLORS.len()];
             let label = format!(
                 "{} (p99 {:.3} ms, max {:.3} ms, {} requests)",
-                report.label,
-                report.latency.p99_us as f64 / 1000.0,
-                report.latency.slowest_us as f64 / 1000.0,
-                report.count
+                curve.label,
+                curve.p99_us as f64 / 1000.0,
+                curve.slowest_us as f64 / 1000.0,
+                curve.count
             );
             chart
                 .draw_series(LineSeries::new(
-                    report_curve(report, axis_end),
+                    curve.coordinates(axis_end),
                     color.stroke_width(2),
                 ))?
                 .label(label)

@@ -138,6 +138,12 @@ pub struct CoverageReport {
     pub responses_with_coverage: u64,
     /// Of those, responses whose coverage was partial.
     pub partial_responses: u64,
+    /// Shards summed over every successful response: the primary leaf calls.
+    #[serde(default)]
+    pub shard_calls: u64,
+    /// `ShardTiming.attempts` summed likewise: every leaf call of the first phase.
+    #[serde(default)]
+    pub attempts: u64,
     /// `ShardTiming.hedges` summed over every shard of every successful response.
     pub hedges: u64,
     /// `ShardTiming.retries`, summed likewise.

@@ -36,7 +36,7 @@ use crate::report::{
 use crate::schedule::{ArrivalOffsets, Schedule};
 use fanout_proto::status::code_name;
 
-use crate::target::{CallOutcome, LoadTarget};
+use crate::target::{CallOutcome, LoadTarget, ShardSample};
 
 pub const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1000;
@@ -79,6 +79,27 @@ pub struct RunOptions {
     pub hdr_log: Option<PathBuf>,
     /// Launches later than this count as late.
     pub late_launch_threshold: Duration,
+    /// Keep every measured successful response's shard timings in
+    /// [`RunOutcome::samples`] (for the ideal hedging bound).
+    pub keep_shard_samples: bool,
+}
+
+/// One measured successful request, as [`RunOptions::keep_shard_samples`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuerySample {
+    /// From the intended send time to the response.
+    pub latency_us: u64,
+    pub shards: Vec<ShardSample>,
+}
+
+/// A run's report with what the JSON leaves out: the full latency histogram
+/// (to merge several runs) and, when asked for, the per-request samples.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub report: RunReport,
+    /// Measured requests, all statuses, in microseconds.
+    pub latency: Histogram<u64>,
+    pub samples: Vec<QuerySample>,
 }
 
 impl RunOptions {
@@ -92,6 +113,7 @@ impl RunOptions {
             progress: false,
             hdr_log: None,
             late_launch_threshold: DEFAULT_LATE_LAUNCH_THRESHOLD,
+            keep_shard_samples: false,
         }
     }
 
@@ -142,6 +164,19 @@ pub async fn run_load_until(
     options: &RunOptions,
     stop: impl Future<Output = ()>,
 ) -> Result<RunReport, LoadgenError> {
+    run_load_detailed(target, schedule, queries, options, stop)
+        .await
+        .map(|outcome| outcome.report)
+}
+
+/// [`run_load_until`] that also returns the latency histogram and the kept samples.
+pub async fn run_load_detailed(
+    target: &LoadTarget,
+    schedule: &Schedule,
+    queries: &QuerySet,
+    options: &RunOptions,
+    stop: impl Future<Output = ()>,
+) -> Result<RunOutcome, LoadgenError> {
     options.validate()?;
     let mut interval_log = match &options.hdr_log {
         Some(path) => Some(IntervalLogOutput::create(path)?),
@@ -190,6 +225,7 @@ pub async fn run_load_until(
         None => None,
     };
     let mut recorder = RunRecorder::new(measure_start, schedule.rate_per_second());
+    recorder.keep_samples = options.keep_shard_samples;
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::from_std(start + Duration::from_secs(1)),
         Duration::from_secs(1),
@@ -225,7 +261,9 @@ pub async fn run_load_until(
         recorder.warnings.push(error.to_string());
     }
     let interrupted = interrupted || stats.stopped_early;
-    Ok(recorder.into_report(ReportContext {
+    let latency = recorder.latency.clone();
+    let samples = std::mem::take(&mut recorder.samples);
+    let report = recorder.into_report(ReportContext {
         label,
         started_at_system,
         interrupted,
@@ -234,7 +272,12 @@ pub async fn run_load_until(
         queries,
         options,
         stats,
-    }))
+    });
+    Ok(RunOutcome {
+        report,
+        latency,
+        samples,
+    })
 }
 
 /// Sets the stop flag when the run's future is dropped, so the launcher thread ends too.
@@ -405,6 +448,8 @@ struct RunRecorder {
     completed_at_last_progress: u64,
     warnings: Vec<String>,
     log_failed: bool,
+    keep_samples: bool,
+    samples: Vec<QuerySample>,
 }
 
 impl RunRecorder {
@@ -427,6 +472,8 @@ impl RunRecorder {
             completed_at_last_progress: 0,
             warnings: Vec::new(),
             log_failed: false,
+            keep_samples: false,
+            samples: Vec::new(),
         }
     }
 
@@ -451,9 +498,17 @@ impl RunRecorder {
         } else {
             self.ok += 1;
         }
+        if self.keep_samples && !failed {
+            self.samples.push(QuerySample {
+                latency_us,
+                shards: outcome.shards,
+            });
+        }
         if let Some(coverage) = outcome.coverage {
             self.coverage.responses_with_coverage += 1;
             self.coverage.partial_responses += u64::from(coverage.partial);
+            self.coverage.shard_calls += coverage.shards;
+            self.coverage.attempts += coverage.attempts;
             self.coverage.hedges += coverage.hedges;
             self.coverage.retries += coverage.retries;
         }
@@ -784,6 +839,7 @@ mod tests {
                         code,
                         error_message: None,
                         coverage: None,
+                        shards: Vec::new(),
                     },
                 },
                 &mut no_log,
@@ -810,6 +866,7 @@ mod tests {
                 code: tonic::Code::Ok,
                 error_message: None,
                 coverage: None,
+                shards: Vec::new(),
             },
         };
         recorder.record(completion(Duration::from_millis(100)), &mut no_log);

@@ -16,7 +16,7 @@ use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{QueryMode, SearchRequest, ShardSearchRequest};
 use fanout_proto::v1::leaf_client::LeafClient;
 use fanout_proto::v1::root_client::RootClient;
-use fanout_proto::v1::{Coverage, ExecuteRequest, QueryRequest, ShardTiming};
+use fanout_proto::v1::{Coverage, ExecuteRequest, HedgePolicy, QueryRequest, ShardTiming};
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -72,6 +72,57 @@ pub struct RequestTemplate {
     pub shard_id: u32,
     /// `query`: a fixed payload sent instead of the packed query text.
     pub payload: Option<Any>,
+    /// `search` and `query`: the hedging asked for.
+    pub hedge: HedgeRequest,
+}
+
+/// The hedging a request asks the root for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HedgeRequest {
+    /// `Default` = the root's configured policy.
+    pub policy: HedgePolicy,
+    /// With [`HedgePolicy::Fixed`]: the delay before a hedge.
+    pub delay_micros: u32,
+}
+
+impl Default for HedgeRequest {
+    fn default() -> HedgeRequest {
+        HedgeRequest {
+            policy: HedgePolicy::Default,
+            delay_micros: 0,
+        }
+    }
+}
+
+impl std::str::FromStr for HedgeRequest {
+    type Err = String;
+
+    /// `default`, `off`, `adaptive` or `fixed:<ms>` (fractions allowed).
+    fn from_str(text: &str) -> Result<HedgeRequest, String> {
+        let policy = |policy| HedgeRequest {
+            policy,
+            delay_micros: 0,
+        };
+        match text {
+            "default" => Ok(policy(HedgePolicy::Default)),
+            "off" => Ok(policy(HedgePolicy::Off)),
+            "adaptive" => Ok(policy(HedgePolicy::Adaptive)),
+            _ => {
+                let micros = text
+                    .strip_prefix("fixed:")
+                    .and_then(|millis| millis.parse::<f64>().ok())
+                    .map(|millis| (millis * 1e3).round())
+                    .filter(|micros| *micros >= 1.0 && *micros <= f64::from(u32::MAX))
+                    .ok_or_else(|| {
+                        format!("expected default, off, adaptive or fixed:<ms>, got {text:?}")
+                    })?;
+                Ok(HedgeRequest {
+                    policy: HedgePolicy::Fixed,
+                    delay_micros: micros as u32,
+                })
+            }
+        }
+    }
 }
 
 impl Default for RequestTemplate {
@@ -84,6 +135,7 @@ impl Default for RequestTemplate {
             snippets: false,
             shard_id: 0,
             payload: None,
+            hedge: HedgeRequest::default(),
         }
     }
 }
@@ -113,8 +165,22 @@ pub struct LoadTarget {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResponseCoverage {
     pub partial: bool,
+    /// Shards in the response's timings: one primary leaf call each.
+    pub shards: u64,
+    /// Leaf calls of the first phase: primaries, hedges and retries.
+    pub attempts: u64,
     pub hedges: u64,
     pub retries: u64,
+}
+
+/// What the root saw of one shard of one successful response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSample {
+    pub shard_id: u32,
+    /// From the first attempt to the answer used.
+    pub latency_us: u64,
+    /// Attempts sent (1 = no hedge, no retry: `latency_us` is one attempt's).
+    pub attempts: u32,
 }
 
 /// The outcome of one call.
@@ -125,6 +191,8 @@ pub struct CallOutcome {
     pub error_message: Option<String>,
     /// From a successful `search` or `query` response.
     pub coverage: Option<ResponseCoverage>,
+    /// Per shard, from a successful `search` or `query` response.
+    pub shards: Vec<ShardSample>,
 }
 
 impl CallOutcome {
@@ -133,6 +201,7 @@ impl CallOutcome {
             code: status.code(),
             error_message: Some(status.message().to_string()),
             coverage: None,
+            shards: Vec::new(),
         }
     }
 
@@ -141,6 +210,22 @@ impl CallOutcome {
             code: Code::Ok,
             error_message: None,
             coverage,
+            shards: Vec::new(),
+        }
+    }
+
+    /// A successful response with shard timings.
+    fn answered(coverage: Option<&Coverage>, shards: &[ShardTiming]) -> CallOutcome {
+        CallOutcome {
+            shards: shards
+                .iter()
+                .map(|shard| ShardSample {
+                    shard_id: shard.shard_id,
+                    latency_us: shard.latency_micros,
+                    attempts: shard.attempts,
+                })
+                .collect(),
+            ..CallOutcome::ok(Some(coverage_seen(coverage, shards)))
         }
     }
 }
@@ -242,16 +327,15 @@ impl LoadTarget {
                         allow_partial: template.allow_partial,
                         min_coverage: template.min_coverage,
                         snippets: template.snippets,
+                        hedge: template.hedge.policy as i32,
+                        hedge_delay_micros: template.hedge.delay_micros,
                         ..Default::default()
                     });
                     request.set_timeout(timeout);
                     match SearchClient::new(channel).search(request).await {
                         Ok(response) => {
                             let response = response.into_inner();
-                            CallOutcome::ok(Some(coverage_seen(
-                                response.coverage.as_ref(),
-                                &response.shards,
-                            )))
+                            CallOutcome::answered(response.coverage.as_ref(), &response.shards)
                         }
                         Err(status) => CallOutcome::from_status(status),
                     }
@@ -278,16 +362,14 @@ impl LoadTarget {
                         payload: Some(payload),
                         allow_partial: template.allow_partial,
                         min_coverage: template.min_coverage,
-                        ..Default::default()
+                        hedge: template.hedge.policy as i32,
+                        hedge_delay_micros: template.hedge.delay_micros,
                     });
                     request.set_timeout(timeout);
                     match RootClient::new(channel).query(request).await {
                         Ok(response) => {
                             let response = response.into_inner();
-                            CallOutcome::ok(Some(coverage_seen(
-                                response.coverage.as_ref(),
-                                &response.shards,
-                            )))
+                            CallOutcome::answered(response.coverage.as_ref(), &response.shards)
                         }
                         Err(status) => CallOutcome::from_status(status),
                     }
@@ -302,6 +384,7 @@ impl LoadTarget {
                 timeout.as_millis()
             )),
             coverage: None,
+            shards: Vec::new(),
         };
         match tokio::time::timeout(timeout, call).await {
             // A tonic server enforces the grpc-timeout it was sent and answers
@@ -327,6 +410,8 @@ fn shard_search_payload(query: &str, template: &RequestTemplate) -> Any {
 fn coverage_seen(coverage: Option<&Coverage>, shards: &[ShardTiming]) -> ResponseCoverage {
     ResponseCoverage {
         partial: coverage.is_some_and(|coverage| coverage.partial),
+        shards: shards.len() as u64,
+        attempts: shards.iter().map(|shard| u64::from(shard.attempts)).sum(),
         hedges: shards.iter().map(|shard| u64::from(shard.hedges)).sum(),
         retries: shards.iter().map(|shard| u64::from(shard.retries)).sum(),
     }
@@ -352,6 +437,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hedge_requests_parse() {
+        let parse = |text: &str| text.parse::<HedgeRequest>();
+        assert_eq!(parse("default").unwrap(), HedgeRequest::default());
+        assert_eq!(parse("off").unwrap().policy, HedgePolicy::Off);
+        assert_eq!(
+            parse("fixed:0.25").unwrap(),
+            HedgeRequest {
+                policy: HedgePolicy::Fixed,
+                delay_micros: 250
+            }
+        );
+        assert!(parse("fixed:0").is_err());
+        assert!(parse("fixed:").is_err());
+        assert!(parse("always").is_err());
+    }
+
+    #[test]
     fn addresses_get_a_scheme() {
         assert_eq!(
             normalize_address("127.0.0.1:50051").unwrap(),
@@ -369,11 +471,13 @@ mod tests {
     fn coverage_sums_hedges_and_retries_over_shards() {
         let shards = [
             ShardTiming {
+                attempts: 2,
                 hedges: 1,
                 retries: 0,
                 ..Default::default()
             },
             ShardTiming {
+                attempts: 4,
                 hedges: 2,
                 retries: 1,
                 ..Default::default()
@@ -387,6 +491,8 @@ mod tests {
             coverage_seen(Some(&coverage), &shards),
             ResponseCoverage {
                 partial: true,
+                shards: 2,
+                attempts: 6,
                 hedges: 3,
                 retries: 1
             }
