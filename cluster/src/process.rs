@@ -122,31 +122,30 @@ enum LineSink {
     File(Arc<Mutex<File>>),
 }
 
+/// Which of the child's streams a line came from.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 impl LineSink {
-    fn stdout_line(&self, line: &str) {
-        match self {
-            LineSink::Terminal { prefix } => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{prefix}{line}");
+    /// Writes a line of the child's `stream`: to the same stream of ours, or
+    /// to the child's log file.
+    fn write_line(&self, stream: Stream, line: &str) {
+        match (self, stream) {
+            (LineSink::Terminal { prefix }, Stream::Stdout) => {
+                let _ = writeln!(std::io::stdout().lock(), "{prefix}{line}");
             }
-            LineSink::File(file) => Self::file_line(file, line),
-        }
-    }
-
-    fn stderr_line(&self, line: &str) {
-        match self {
-            LineSink::Terminal { prefix } => {
-                let mut out = std::io::stderr().lock();
-                let _ = writeln!(out, "{prefix}{line}");
+            (LineSink::Terminal { prefix }, Stream::Stderr) => {
+                let _ = writeln!(std::io::stderr().lock(), "{prefix}{line}");
             }
-            LineSink::File(file) => Self::file_line(file, line),
+            (LineSink::File(file), _) => {
+                // A poisoned lock only means another line's write panicked; keep logging.
+                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _ = writeln!(file, "{line}");
+            }
         }
-    }
-
-    fn file_line(file: &Mutex<File>, line: &str) {
-        // A poisoned lock only means another line's write panicked; keep logging.
-        let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = writeln!(file, "{line}");
     }
 }
 
@@ -227,7 +226,7 @@ async fn forward_stdout(
             }
             (_, sender) => announce_sender = sender,
         }
-        sink.stdout_line(&line);
+        sink.write_line(Stream::Stdout, &line);
     }
 }
 
@@ -235,7 +234,7 @@ async fn forward_stdout(
 async fn forward_stderr(stderr: impl AsyncRead + Unpin, sink: LineSink) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        sink.stderr_line(&line);
+        sink.write_line(Stream::Stderr, &line);
     }
 }
 
