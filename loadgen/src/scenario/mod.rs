@@ -446,3 +446,63 @@ pub fn check_files(scenario: &Scenario) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_scenarios_parse_and_name_bundled_corpora() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&folder).expect("loadgen/scenarios exists") {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_none_or(|extension| extension != "toml") {
+                continue;
+            }
+            let scenario =
+                Scenario::load(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            for variant in &scenario.variants {
+                assert!(
+                    variant.cluster.leaves.corpus.is_file(),
+                    "{}: {} is not bundled",
+                    path.display(),
+                    variant.cluster.leaves.corpus.display()
+                );
+            }
+            names.push(scenario.name);
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "fanout-scaling",
+                "hedging-idle",
+                "hedging-inherent",
+                "hedging-pareto",
+                "hedging-stragglers",
+                "overhead",
+                "throughput"
+            ]
+        );
+    }
+
+    #[test]
+    fn leaf_flags_get_their_placeholders_replaced() {
+        let leaves = LeavesSpec {
+            corpus: PathBuf::from("c"),
+            shards: 4,
+            replicas: 3,
+            search_threads: Some(2),
+            leaf_args: vec!["--fault".into(), "seed={leaf}:{shard}.{replica}".into()],
+            id_field: "id".into(),
+            title_field: "title".into(),
+            text_field: "text".into(),
+        };
+        let args = leaf_args(&leaves, 2, 1);
+        assert_eq!(
+            args,
+            ["--search-threads", "2", "--fault", "seed=7:2.1"].map(OsString::from)
+        );
+    }
+}
