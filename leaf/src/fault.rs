@@ -14,6 +14,13 @@
 //!   straggler probability becomes `P` (a step change in the straggler rate).
 //! - `pareto=SCALE:SHAPE`: a heavy tail: every call adds a Pareto draw minus
 //!   its scale (so most calls add little and a few add a lot).
+//! - `episodes=EVERY:LENGTHxK` (e.g. `episodes=2s:300msx10`): slow episodes
+//!   of this replica. Episodes start as a Poisson process with a mean gap of
+//!   `EVERY` from the leaf's start, each lasting `LENGTH` (they may overlap);
+//!   during one, every call takes `K` times as long (the straggler mechanics,
+//!   multiplied with a straggler draw if both apply). The timeline is a pure
+//!   function of the seed and the time since the leaf started, so a run
+//!   repeats; give each replica its own `seed` for independent episodes.
 //! - `inherent=PxD`: with probability `P` a *request* (not a call) is slow by
 //!   `D` on every replica: the draw comes from the request id alone, so
 //!   hedging cannot help it.
@@ -25,6 +32,7 @@
 //! Every sleep is an async tokio sleep: the search pool never blocks on a
 //! fault.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -60,6 +68,7 @@ pub struct FaultPlan {
     straggler_step: Option<(Duration, f64)>,
     pareto: Option<(Duration, f64)>,
     inherent: Option<(f64, Duration)>,
+    episodes: Option<EpisodeTimeline>,
     hang_probability: f64,
     unavailable_probability: f64,
     draws: AtomicU64,
@@ -73,6 +82,7 @@ impl FaultPlan {
             straggler_multiplier: 1.0,
             ..FaultPlan::default()
         };
+        let mut episodes = None;
         for spec in specs {
             let (name, value) = spec.split_once('=').unwrap_or((spec.as_str(), ""));
             let bad = |reason: &str| format!("bad --fault {spec:?}: {reason}");
@@ -127,6 +137,12 @@ impl FaultPlan {
                         .ok_or_else(|| bad("expected SHAPE > 0"))?;
                     plan.pareto = Some((scale, shape));
                 }
+                "episodes" => {
+                    episodes =
+                        Some(parse_episodes(value).ok_or_else(|| {
+                            bad("expected EVERY:LENGTHxK with EVERY > 0 and K >= 1")
+                        })?);
+                }
                 "inherent" => {
                     let (probability, delay) =
                         value.split_once('x').ok_or_else(|| bad("expected PxD"))?;
@@ -149,6 +165,14 @@ impl FaultPlan {
                 _ => return Err(bad("unknown fault")),
             }
         }
+        plan.episodes = episodes.map(|(every, length, factor)| {
+            EpisodeTimeline::new(EpisodeSchedule {
+                seed: plan.seed,
+                every,
+                length,
+                factor,
+            })
+        });
         if !specs.is_empty() {
             plan.started_at = Some(Instant::now());
         }
@@ -200,6 +224,16 @@ impl FaultPlan {
         let straggler_factor = (self.draw() < straggler_probability
             && self.straggler_multiplier > 1.0)
             .then_some(self.straggler_multiplier);
+        let episode_factor = self
+            .episodes
+            .as_ref()
+            .filter(|episodes| episodes.in_episode(started_at.elapsed()))
+            .map(|episodes| episodes.schedule.factor)
+            .filter(|factor| *factor > 1.0);
+        let straggler_factor = match (straggler_factor, episode_factor) {
+            (Some(straggler), Some(episode)) => Some(straggler * episode),
+            (one, other) => one.or(other),
+        };
         FaultDecision {
             delay_before: delay,
             straggler_factor,
@@ -216,6 +250,116 @@ impl FaultPlan {
                 .wrapping_add(counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         ))
     }
+}
+
+/// When a replica's slow episodes happen: starts of a Poisson process with a
+/// mean gap of `every` (exponential gaps, seeded), each lasting `length`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpisodeSchedule {
+    pub seed: u64,
+    pub every: Duration,
+    pub length: Duration,
+    /// Calls during an episode take this many times as long.
+    pub factor: f64,
+}
+
+/// Keeps the episode draws apart from the per-call draws of the same seed.
+const EPISODE_STREAM: u64 = 0x6570_6973_6f64_6573;
+
+impl EpisodeSchedule {
+    /// The gap before episode `index` starts (after the previous start, or
+    /// after the leaf's start for the first).
+    fn gap(&self, index: u64) -> Duration {
+        let uniform = unit_interval(splitmix64(
+            (self.seed ^ EPISODE_STREAM).wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        ));
+        // Inverse transform of the exponential distribution; capped so that
+        // one draw cannot overflow a Duration.
+        let exponential = (-(1.0 - uniform).max(1e-12).ln()).min(1e3);
+        self.every.mul_f64(exponential)
+    }
+
+    /// Episode start times from the leaf's start, in order, without end.
+    pub fn starts(&self) -> impl Iterator<Item = Duration> + '_ {
+        (0..).scan(Duration::ZERO, |at, index| {
+            *at += self.gap(index);
+            Some(*at)
+        })
+    }
+
+    /// Whether an episode is running `elapsed` after the leaf's start (a
+    /// pure function of the schedule and `elapsed`).
+    pub fn in_episode(&self, elapsed: Duration) -> bool {
+        self.starts()
+            .take_while(|start| *start <= elapsed)
+            .last()
+            .is_some_and(|start| elapsed - start < self.length)
+    }
+}
+
+/// [`EpisodeSchedule::in_episode`] for a leaf's calls, which arrive in
+/// (nearly) increasing time: a cursor keeps the latest start reached, so a
+/// call costs O(1) rather than a walk from the leaf's start.
+#[derive(Debug)]
+struct EpisodeTimeline {
+    schedule: EpisodeSchedule,
+    cursor: Mutex<EpisodeCursor>,
+}
+
+#[derive(Debug)]
+struct EpisodeCursor {
+    /// Index of the next start not yet reached.
+    next_index: u64,
+    next_start: Duration,
+    /// The latest start reached.
+    last_start: Option<Duration>,
+}
+
+impl EpisodeTimeline {
+    fn new(schedule: EpisodeSchedule) -> Self {
+        EpisodeTimeline {
+            cursor: Mutex::new(EpisodeCursor {
+                next_index: 1,
+                next_start: schedule.gap(0),
+                last_start: None,
+            }),
+            schedule,
+        }
+    }
+
+    fn in_episode(&self, elapsed: Duration) -> bool {
+        let mut cursor = self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cursor.last_start.is_some_and(|last| elapsed < last) {
+            // A call that raced past a later one: walk from the start.
+            drop(cursor);
+            return self.schedule.in_episode(elapsed);
+        }
+        while cursor.next_start <= elapsed {
+            cursor.last_start = Some(cursor.next_start);
+            let gap = self.schedule.gap(cursor.next_index);
+            cursor.next_start += gap;
+            cursor.next_index += 1;
+        }
+        cursor
+            .last_start
+            .is_some_and(|start| elapsed - start < self.schedule.length)
+    }
+}
+
+/// `EVERY:LENGTHxK`: the mean gap, the length and the slowdown.
+fn parse_episodes(value: &str) -> Option<(Duration, Duration, f64)> {
+    let (every, rest) = value.split_once(':')?;
+    let (length, factor) = rest.rsplit_once('x')?;
+    let every = parse_duration(every).filter(|every| !every.is_zero())?;
+    let length = parse_duration(length)?;
+    let factor = factor
+        .parse::<f64>()
+        .ok()
+        .filter(|factor| *factor >= 1.0 && factor.is_finite())?;
+    Some((every, length, factor))
 }
 
 fn splitmix64(seed: u64) -> u64 {
@@ -356,6 +500,118 @@ mod tests {
             .filter(|d| **d > Duration::from_millis(10))
             .count();
         assert!(heavy > 0 && heavy < 200, "{heavy}");
+    }
+
+    fn schedule(seed: u64) -> EpisodeSchedule {
+        EpisodeSchedule {
+            seed,
+            every: Duration::from_secs(2),
+            length: Duration::from_millis(300),
+            factor: 10.0,
+        }
+    }
+
+    #[test]
+    fn parses_episodes_and_rejects_bad_ones() {
+        let plan = plan(&["episodes=2s:300msx10", "seed=9"]);
+        let episodes = plan.episodes.as_ref().unwrap();
+        assert_eq!(
+            episodes.schedule,
+            schedule(9),
+            "the seed applies in any order"
+        );
+        for bad in [
+            "episodes=2s",
+            "episodes=2s:300ms",
+            "episodes=0s:300msx10",
+            "episodes=2s:300msx0.5",
+            "episodes=2s:longx10",
+        ] {
+            let error = FaultPlan::parse(&[bad.to_string()]).unwrap_err();
+            assert!(error.contains("EVERY:LENGTHxK"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_episode_timeline_is_a_seeded_poisson_process() {
+        let horizon = Duration::from_secs(10_000);
+        let starts: Vec<Duration> = schedule(1)
+            .starts()
+            .take_while(|start| *start < horizon)
+            .collect();
+        // Mean gap 2 s: about 5000 starts (a Poisson count, sd about 71).
+        assert!((4700..5300).contains(&starts.len()), "{}", starts.len());
+        assert!(starts.windows(2).all(|pair| pair[0] <= pair[1]));
+        // Gaps are exponential: about 1 - e^-1 = 63% are shorter than the mean.
+        let short = starts
+            .windows(2)
+            .filter(|pair| pair[1] - pair[0] < Duration::from_secs(2))
+            .count();
+        let share = short as f64 / starts.len() as f64;
+        assert!((0.59..0.67).contains(&share), "{share}");
+
+        // The same seed gives the same timeline; another seed another one.
+        let again: Vec<Duration> = schedule(1).starts().take(50).collect();
+        assert_eq!(&starts[..50], &again[..]);
+        let other: Vec<Duration> = schedule(2).starts().take(50).collect();
+        assert_ne!(&starts[..50], &other[..]);
+    }
+
+    #[test]
+    fn episodes_cover_the_expected_share_of_time() {
+        // Poisson starts, fixed length L: covered share = 1 - e^(-L/EVERY).
+        let schedule = schedule(4);
+        let timeline = EpisodeTimeline::new(schedule);
+        let step = Duration::from_millis(10);
+        let samples = 500_000_u32;
+        let covered = (0..samples)
+            .filter(|n| timeline.in_episode(step * *n))
+            .count();
+        let share = covered as f64 / f64::from(samples);
+        let expected = 1.0 - (-0.15_f64).exp();
+        assert!((share - expected).abs() < 0.02, "{share} vs {expected}");
+        // Inside and outside the first episode, exactly.
+        let first = schedule.starts().next().unwrap();
+        assert!(schedule.in_episode(first));
+        assert!(schedule.in_episode(first + Duration::from_millis(299)));
+        assert!(first.is_zero() || !schedule.in_episode(first - Duration::from_nanos(1)));
+    }
+
+    #[test]
+    fn the_cursor_agrees_with_the_pure_timeline_even_out_of_order() {
+        let schedule = schedule(7);
+        let timeline = EpisodeTimeline::new(schedule);
+        let mut at = Duration::ZERO;
+        for n in 0..20_000_u64 {
+            // Mostly forwards, now and then a little back (racing calls).
+            at = if n % 17 == 0 {
+                at.saturating_sub(Duration::from_millis(40))
+            } else {
+                at + Duration::from_millis(n % 23)
+            };
+            assert_eq!(
+                timeline.in_episode(at),
+                schedule.in_episode(at),
+                "at {at:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_during_an_episode_are_k_times_slower() {
+        let plan = plan(&["seed=5", "episodes=2s:300msx10"]);
+        let schedule = plan.episodes.as_ref().unwrap().schedule;
+        let first = schedule.starts().next().unwrap();
+        if !first.is_zero() {
+            assert_eq!(plan.decide("r").straggler_factor, None);
+        }
+        tokio::time::advance(first + Duration::from_millis(1)).await;
+        assert_eq!(plan.decide("r").straggler_factor, Some(10.0));
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let expected = schedule
+            .in_episode(first + Duration::from_millis(301))
+            .then_some(10.0);
+        assert_eq!(plan.decide("r").straggler_factor, expected);
     }
 
     #[tokio::test(start_paused = true)]

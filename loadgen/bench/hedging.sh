@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Hedging off vs adaptive, measured in one run, variants alternating.
+# Hedging off vs adaptive vs tower's hedge middleware (the baseline), measured
+# in one run, variants alternating.
 #
 # A cluster of real processes on loopback over BEIR SciFact: SHARDS x REPLICAS
 # leaves with a seeded fault (default: a 1 ms latency body and 1% stragglers
 # at 10x), an embedded merge, and a root restarted per variant with
-# `--hedge off` or `--hedge adaptive` (the leaves stay up, so both variants
-# see the same replicas). `fanout loadgen run` drives an open-loop load and
+# `--hedge off`, `--hedge adaptive` or `--hedge tower` (the leaves stay up, so
+# every variant sees the same replicas; tower hedges only after its first
+# 1 s period, which the warm-up covers). `fanout loadgen run` drives an open-loop load and
 # writes a JSON report per run; the script prints p50/p99/p99.9 per variant,
 # the ratios, and the extra leaf calls (hedges + retries per primary call).
 #
 # Usage: loadgen/bench/hedging.sh [OUT_DIR]
 # Environment: SHARDS (8), REPLICAS (3), RATE (100 req/s), DURATION (20s),
-#   WARMUP (3s), ROUNDS (2), FAULT ("latency=1ms straggler=0.01x10"), BIN.
+#   WARMUP (3s), ROUNDS (2), FAULT ("latency=1ms straggler=0.01x10"),
+#   HEDGES ("off adaptive tower"), BIN.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -22,6 +25,7 @@ DURATION=${DURATION:-20s}
 WARMUP=${WARMUP:-3s}
 ROUNDS=${ROUNDS:-2}
 FAULT=${FAULT:-"latency=1ms straggler=0.01x10"}
+HEDGES=${HEDGES:-"off adaptive tower"}
 OUT=${1:-target/bench-hedging}
 BIN=${BIN:-target/release/fanout}
 
@@ -92,7 +96,7 @@ for ((shard = 0; shard < SHARDS; shard++)); do
 done
 
 for ((round = 0; round < ROUNDS; round++)); do
-    for hedge in off adaptive; do
+    for hedge in $HEDGES; do
         start "$OUT/root-$hedge-$round" root --listen 127.0.0.1:0 --hedge "$hedge" "${shard_flags[@]}"
         root=$ADDR
         root_pid=$LAST_PID
@@ -106,11 +110,11 @@ for ((round = 0; round < ROUNDS; round++)); do
     done
 done
 
-python3 - "$OUT" "$ROUNDS" "$SHARDS" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$SHARDS" $HEDGES <<'PY'
 import json, sys
 out, rounds, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rows = {}
-for hedge in ("off", "adaptive"):
+for hedge in sys.argv[4:]:
     reports = [json.load(open(f"{out}/hedge-{hedge}-{r}.json")) for r in range(rounds)]
     def median(key):
         values = sorted(report["latency"][key] for report in reports)
@@ -124,9 +128,13 @@ print(f"{'hedge':<10}{'p50':>10}{'p99':>10}{'p99.9':>10}{'requests':>10}{'errors
 for hedge, row in rows.items():
     print(f"{hedge:<10}{row['p50']/1000:>8.2f}ms{row['p99']/1000:>8.2f}ms{row['p999']/1000:>8.2f}ms"
           f"{row['count']:>10}{row['errors']:>8}{row['extra']:>16}")
-off, on = rows["off"], rows["adaptive"]
-print(f"p99 off/adaptive: {off['p99']/on['p99']:.2f}x lower with hedging; "
-      f"p99.9: {off['p999']/on['p999']:.2f}x; p50 adaptive/off: {on['p50']/off['p50']:.3f}")
-print(f"extra phase-one leaf calls with hedging (hedges + retries per primary call): "
-      f"{100 * on['extra'] / max(on['count'] * shards, 1):.2f}%")
+off = rows.get("off")
+for hedge, on in rows.items():
+    if hedge == "off":
+        continue
+    if off:
+        print(f"{hedge}: p99 off/{hedge} {off['p99']/on['p99']:.2f}x, "
+              f"p99.9 {off['p999']/on['p999']:.2f}x, p50 {hedge}/off {on['p50']/off['p50']:.3f}")
+    print(f"{hedge}: extra phase-one leaf calls (hedges + retries per primary call): "
+          f"{100 * on['extra'] / max(on['count'] * shards, 1):.2f}%")
 PY

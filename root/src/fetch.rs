@@ -4,6 +4,9 @@
 //! to another on retryable errors), all shards in parallel, within the same
 //! deadline. Hits come back in merged order.
 //!
+//! Each shard's fetch hedges and fails over like phase one; its counts go to
+//! the `fetch_*` fields of the shard's `ShardTiming`.
+//!
 //! A shard whose fetch fails: with `allow_partial` its hits stay, with empty
 //! fields, and the coverage is marked partial; without it the request fails
 //! (UNAVAILABLE, or DEADLINE_EXCEEDED when the deadline passed).
@@ -11,7 +14,9 @@
 use std::collections::BTreeMap;
 
 use fanout_proto::search::v1::{FetchRequest, FetchResponse, FetchedDoc, Hit, QueryMode, ShardHit};
-use fanout_proto::v1::{Coverage, ShardFailure};
+use fanout_proto::v1::{Coverage, ShardFailure, ShardTiming};
+use std::sync::atomic::Ordering;
+
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
@@ -55,11 +60,13 @@ pub struct FetchPhase<'a> {
 }
 
 /// Turns the merged hits into `Hit`s with their stored fields, in order.
-/// Fetch failures tolerated by the policy are added to `coverage`.
+/// Fetch failures tolerated by the policy are added to `coverage`; each
+/// shard's fetch counts go to its entry of `timings`.
 pub async fn fetch_hits(
     phase: FetchPhase<'_>,
     merged_hits: Vec<ShardHit>,
     coverage: &mut Coverage,
+    timings: &mut [ShardTiming],
 ) -> Result<Vec<Hit>, RootError> {
     let FetchPhase {
         cluster,
@@ -183,6 +190,7 @@ pub async fn fetch_hits(
         failures.push(failure);
     }
     drop(pending);
+    record_fetch_counts(timings, &counters);
 
     if failures.is_empty() {
         return Ok(hits);
@@ -205,6 +213,20 @@ pub async fn fetch_hits(
         });
     }
     Ok(hits)
+}
+
+/// Adds each shard's fetch counters to its timing (matched by shard id).
+fn record_fetch_counts(timings: &mut [ShardTiming], counters: &[ShardCallCounters]) {
+    for timing in timings {
+        let Some(counters) = counters.get(timing.shard_id as usize) else {
+            continue;
+        };
+        timing.fetch_attempts = counters.attempts.load(Ordering::Relaxed);
+        timing.fetch_hedges = counters.hedges.load(Ordering::Relaxed);
+        timing.fetch_hedges_won = counters.hedges_won.load(Ordering::Relaxed);
+        timing.fetch_retries = counters.retries.load(Ordering::Relaxed);
+        timing.fetch_hedges_suppressed = counters.hedges_suppressed.load(Ordering::Relaxed);
+    }
 }
 
 /// Copies the fetched fields into the hits at `positions` (the order the
@@ -286,6 +308,38 @@ mod tests {
         fill_hits(&mut hits, &[0, 1], vec![doc("b", "B"), doc("a", "A")]);
         assert_eq!(hits[0].fields["title"], "A");
         assert_eq!(hits[1].fields["title"], "B");
+    }
+
+    #[test]
+    fn fetch_counts_go_to_the_timing_of_their_shard() {
+        let counters: Vec<ShardCallCounters> =
+            (0..2).map(|_| ShardCallCounters::default()).collect();
+        counters[1].attempts.store(2, Ordering::Relaxed);
+        counters[1].hedges.store(1, Ordering::Relaxed);
+        counters[1].hedges_won.store(1, Ordering::Relaxed);
+        counters[0].attempts.store(1, Ordering::Relaxed);
+        let mut timings = vec![
+            ShardTiming {
+                shard_id: 1,
+                attempts: 1,
+                ..ShardTiming::default()
+            },
+            ShardTiming {
+                shard_id: 0,
+                ..ShardTiming::default()
+            },
+        ];
+        record_fetch_counts(&mut timings, &counters);
+        assert_eq!(
+            (
+                timings[0].fetch_attempts,
+                timings[0].fetch_hedges,
+                timings[0].fetch_hedges_won
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(timings[0].attempts, 1, "phase one's counts stay");
+        assert_eq!((timings[1].fetch_attempts, timings[1].fetch_hedges), (1, 0));
     }
 
     #[test]

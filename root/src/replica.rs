@@ -7,6 +7,7 @@ use fanout_proto::v1::leaf_client::LeafClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::RootError;
+use crate::hedge::tower_baseline::TowerHedgeSlot;
 use crate::selector::{ReplicaSelector, SelectorOptions};
 use crate::topology::ShardReplicas;
 
@@ -38,6 +39,8 @@ pub struct ReplicaSet {
     pub shard_id: u32,
     pub replicas: Vec<Replica>,
     pub selector: ReplicaSelector,
+    /// tower's hedge of this shard, used only under `--hedge tower`.
+    pub tower_hedge: TowerHedgeSlot,
 }
 
 impl ReplicaSet {
@@ -79,6 +82,7 @@ impl ReplicaSet {
             shard_id: shard.shard_id,
             selector: ReplicaSelector::new(replicas.len(), SelectorOptions::default()),
             replicas,
+            tower_hedge: TowerHedgeSlot::default(),
         })
     }
 }

@@ -158,6 +158,7 @@ impl SearchService {
         merged.hits.truncate(k);
 
         let mut coverage = phase_one.coverage;
+        let mut timings = phase_one.timings;
         let hits = fetch_hits(
             FetchPhase {
                 cluster,
@@ -170,13 +171,14 @@ impl SearchService {
             },
             merged.hits,
             &mut coverage,
+            &mut timings,
         )
         .await?;
         Ok(SearchResponse {
             hits,
             total_hits: merged.total_hits,
             coverage: Some(coverage),
-            shards: phase_one.timings,
+            shards: timings,
             took_micros: started_at.elapsed().as_micros() as u64,
         })
     }

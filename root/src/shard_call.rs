@@ -65,7 +65,7 @@ pub struct ShardCallCounters {
 }
 
 impl ShardCallCounters {
-    fn add(counter: &AtomicU32) {
+    pub(crate) fn add(counter: &AtomicU32) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -107,7 +107,7 @@ pub enum ShardCallOutcome {
     TimedOut,
 }
 
-enum AttemptError {
+pub(crate) enum AttemptError {
     TimedOut,
     Retryable,
     RequestRejected,
@@ -128,8 +128,12 @@ struct Attempts<'a> {
     tried: Vec<usize>,
 }
 
-/// Calls the shard, hedging and failing over between its replicas.
+/// Calls the shard, hedging and failing over between its replicas (or,
+/// under [`HedgePolicy::Tower`], through tower's hedge middleware).
 pub async fn call_shard(call: ShardCall<'_>) -> ShardCallOutcome {
+    if call.hedging.policy == HedgePolicy::Tower {
+        return crate::hedge::tower_baseline::call_shard(call).await;
+    }
     let replica_set = call.replica_set;
     call_shard_over(call, |replica_index, request| {
         let mut client = replica_set.replicas[replica_index].leaf_client();
@@ -344,7 +348,7 @@ where
     }
 }
 
-fn classify(status: &Status, deadline: Instant) -> AttemptError {
+pub(crate) fn classify(status: &Status, deadline: Instant) -> AttemptError {
     let code = status.code();
     if is_expired_timeout(status)
         || code == Code::DeadlineExceeded

@@ -11,6 +11,10 @@
 //! - Every leaf's straggler rate steps up from 1% to 50%: hedges plus
 //!   retries, counted from the responses, stay within the budget in every
 //!   one-second window.
+//! - With `--hedge tower` (tower's hedge middleware, the benchmark
+//!   baseline) over straggling leaves: no hedge in tower's first period (1
+//!   s), then hedges, at most one per shard call, none suppressed (tower has
+//!   no budget).
 //!
 //! The tests run one at a time (a lock) so that their timings do not suffer
 //! from each other on a 2-core machine.
@@ -291,4 +295,75 @@ async fn extra_load_stays_within_the_budget_when_stragglers_surge() {
         suppressed_total > 0,
         "the budget never bit: the surge tested nothing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_baseline_hedges_once_per_call_after_its_first_period() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let queries = queries();
+    let cluster = start_cluster(|options| {
+        let mut options = options.root_args(&["--hedge", "tower"]);
+        options.leaf_args = ["straggler=0.1x20", "seed=5"]
+            .iter()
+            .flat_map(|spec| ["--fault".to_owned(), (*spec).to_owned()])
+            .collect();
+        options
+    })
+    .await;
+    let client = cluster.search_client().await.expect("client connects");
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    let mut offset = 0;
+    // tower reads the previous period's latencies: hedging starts after
+    // 1 s; run well past it, in a bounded number of rounds.
+    for _ in 0..100 {
+        if started.elapsed() >= Duration::from_millis(2500) {
+            break;
+        }
+        answers.extend(query_stream(&client, &queries, offset, 40, 2).await);
+        offset += 40;
+    }
+    let sent_at = |answer: &Answer| (answer.at - answer.latency).duration_since(started);
+    let hedges = |answer: &Answer| -> u32 {
+        answer
+            .response
+            .shards
+            .iter()
+            .map(|timing| timing.hedges + timing.fetch_hedges)
+            .sum()
+    };
+    let early_hedges: u32 = answers
+        .iter()
+        .filter(|answer| sent_at(answer) < Duration::from_millis(500))
+        .map(hedges)
+        .sum();
+    let late: Vec<&Answer> = answers
+        .iter()
+        .filter(|answer| sent_at(answer) >= Duration::from_millis(1500))
+        .collect();
+    let late_hedges: u32 = late.iter().map(|answer| hedges(answer)).sum();
+    println!(
+        "tower hedging: {} queries, {early_hedges} hedges in the first 0.5 s, {late_hedges} in {} queries after 1.5 s",
+        answers.len(),
+        late.len()
+    );
+    assert_eq!(
+        early_hedges, 0,
+        "tower hedged before its first period ended"
+    );
+    assert!(
+        late_hedges > 0,
+        "tower never hedged over stragglers after its first period"
+    );
+    for timing in answers.iter().flat_map(|answer| &answer.response.shards) {
+        assert!(
+            timing.hedges <= 1 && timing.fetch_hedges <= 1,
+            "tower sends one hedge at most: {timing:?}"
+        );
+        assert_eq!(
+            timing.hedges_suppressed + timing.fetch_hedges_suppressed,
+            0,
+            "tower has no budget: {timing:?}"
+        );
+    }
 }

@@ -28,8 +28,10 @@ pub struct LeafArgs {
     pub drain_delay_ms: u64,
     /// Inject a fault, for tests and benchmarks (repeatable; off by default):
     /// seed=N, latency=D or D1..D2, straggler=PxK, straggler-step=AFTER:P,
-    /// pareto=SCALE:SHAPE, inherent=PxD, hang[=P], unavailable=P
-    /// (durations like 250us, 3ms, 2s).
+    /// pareto=SCALE:SHAPE, episodes=EVERY:LENGTHxK (slow episodes starting
+    /// as a seeded Poisson process with mean gap EVERY, each LENGTH long,
+    /// calls K times slower during one), inherent=PxD, hang[=P],
+    /// unavailable=P (durations like 250us, 3ms, 2s).
     #[arg(
         long = "fault",
         value_name = "SPEC",

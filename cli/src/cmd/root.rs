@@ -45,8 +45,11 @@ pub struct RootArgs {
     /// On shutdown, report NOT_SERVING this long before refusing new calls.
     #[arg(long, default_value_t = 0, env = "FANOUT_DRAIN_DELAY_MS")]
     pub drain_delay_ms: u64,
-    /// Hedging of shard calls: `off`, `fixed:<ms>` (fractions allowed) or
-    /// `adaptive` (a percentile of each shard's recent latency).
+    /// Hedging of shard calls: `off`, `fixed:<ms>` (fractions allowed),
+    /// `adaptive` (a percentile of each shard's recent latency) or `tower`
+    /// (tower's hedge middleware, a baseline for benchmarks: at most one
+    /// hedge, after --hedge-percentile of the last second's latency once it
+    /// holds 10 samples, no budget).
     #[arg(long, default_value = "adaptive", env = "FANOUT_HEDGE")]
     pub hedge: HedgePolicy,
     /// The percentile of recent shard latency an adaptive hedge waits for.

@@ -205,6 +205,13 @@ fn shard_timing_to_json(timing: &ShardTiming) -> Value {
         "leaf_service_micros": timing.leaf_service_micros,
         "hedges": timing.hedges,
         "retries": timing.retries,
+        "hedges_won": timing.hedges_won,
+        "hedges_suppressed": timing.hedges_suppressed,
+        "fetch_attempts": timing.fetch_attempts,
+        "fetch_hedges": timing.fetch_hedges,
+        "fetch_hedges_won": timing.fetch_hedges_won,
+        "fetch_retries": timing.fetch_retries,
+        "fetch_hedges_suppressed": timing.fetch_hedges_suppressed,
     })
 }
 
@@ -317,6 +324,9 @@ fn render_shard_timing(timing: &ShardTiming) -> String {
     if timing.retries > 0 {
         details.push(format!("retries {}", timing.retries));
     }
+    if timing.fetch_attempts > 0 {
+        details.push(render_fetch_counts(timing));
+    }
     if timing.leaf_service_micros > 0 {
         details.push(format!(
             "leaf {}",
@@ -330,6 +340,32 @@ fn render_shard_timing(timing: &ShardTiming) -> String {
         timing.replica,
         details.join(", ")
     )
+}
+
+/// The phase-two call's counts: `fetch attempts 2 (hedges 1, 1 won)`.
+fn render_fetch_counts(timing: &ShardTiming) -> String {
+    let mut extra = Vec::new();
+    if timing.fetch_hedges > 0 {
+        extra.push(format!(
+            "hedges {}, {} won",
+            timing.fetch_hedges, timing.fetch_hedges_won
+        ));
+    }
+    if timing.fetch_retries > 0 {
+        extra.push(format!("retries {}", timing.fetch_retries));
+    }
+    if timing.fetch_hedges_suppressed > 0 {
+        extra.push(format!("suppressed {}", timing.fetch_hedges_suppressed));
+    }
+    if extra.is_empty() {
+        format!("fetch attempts {}", timing.fetch_attempts)
+    } else {
+        format!(
+            "fetch attempts {} ({})",
+            timing.fetch_attempts,
+            extra.join(", ")
+        )
+    }
 }
 
 /// Whitespace runs (newlines included) as one space.
@@ -412,6 +448,32 @@ mod tests {
         assert_eq!(lines[1], "            … non-linear video editor & more …");
         assert!(table.contains("1,234 hits · shards 4/4 answered, 63,956 docs · took 3.1 ms"));
         assert!(table.contains("shard 0: 1.2 ms via 127.0.0.1:4100 (attempts 1)"));
+    }
+
+    #[test]
+    fn shard_timings_show_the_fetch_phase_counts() {
+        let hedged_fetch = ShardTiming {
+            shard_id: 3,
+            replica: "127.0.0.1:4100".into(),
+            attempts: 1,
+            latency_micros: 900,
+            fetch_attempts: 2,
+            fetch_hedges: 1,
+            fetch_hedges_won: 1,
+            ..ShardTiming::default()
+        };
+        assert_eq!(
+            render_shard_timing(&hedged_fetch),
+            "shard 3: 900 µs via 127.0.0.1:4100 (attempts 1, fetch attempts 2 (hedges 1, 1 won))"
+        );
+        let plain_fetch = ShardTiming {
+            fetch_hedges: 0,
+            fetch_hedges_won: 0,
+            fetch_attempts: 1,
+            ..hedged_fetch.clone()
+        };
+        assert!(render_shard_timing(&plain_fetch).ends_with("(attempts 1, fetch attempts 1)"));
+        assert_eq!(shard_timing_to_json(&hedged_fetch)["fetch_hedges_won"], 1);
     }
 
     #[test]
