@@ -15,12 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_leaf::service::{LEAF_STATS_METADATA, LeafStats};
 use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{SearchRequest, SearchResponse};
-use fanout_proto::v1::InfoRequest;
-use fanout_proto::v1::leaf_client::LeafClient;
-use fanout_tests::{BeirQuery, Cluster, ClusterOptions, IndexFixture, beir, fanout_binary, within};
+use fanout_tests::{
+    BeirQuery, Cluster, ClusterOptions, IndexFixture, beir, fanout_binary, leaf_stats, within,
+};
 use tonic::transport::Channel;
 
 const QUERY_TASKS: usize = 4;
@@ -42,21 +41,6 @@ async fn start_cluster() -> Cluster {
     Cluster::start(&binary, options)
         .await
         .expect("cluster starts")
-}
-
-/// The slow leaf's counts, read from its `Leaf/Info` response metadata.
-async fn leaf_stats(leaf: &mut LeafClient<Channel>) -> LeafStats {
-    let response = leaf
-        .info(InfoRequest {})
-        .await
-        .expect("the slow leaf answers Info");
-    let header = response
-        .metadata()
-        .get(LEAF_STATS_METADATA)
-        .expect("Info carries the leaf stats")
-        .to_str()
-        .expect("the leaf stats header is ASCII");
-    LeafStats::from_header(header).expect("the leaf stats header parses")
 }
 
 /// `QUERY_TASKS` tasks of `QUERIES_PER_TASK` searches each; panics on an
@@ -147,14 +131,13 @@ async fn losing_attempts_are_cancelled_at_the_leaf_and_their_work_is_skipped() {
     let client = cluster.search_client().await.expect("client connects");
     let slow = cluster.leaf(0, SLOW_REPLICA);
     let slow_addr = slow.addr().to_string();
-    let channel = Channel::from_shared(slow.url())
-        .expect("the leaf URL is valid")
-        .connect()
-        .await
-        .expect("the slow leaf accepts a connection");
-    let mut leaf = LeafClient::new(channel);
+    let stats = || async {
+        leaf_stats(slow.addr())
+            .await
+            .expect("the slow leaf tells its counts")
+    };
 
-    let before = leaf_stats(&mut leaf).await;
+    let before = stats().await;
     let responses = search_stream(&client, &queries).await;
     let mut report = RootReport::default();
     for response in &responses {
@@ -164,10 +147,10 @@ async fn losing_attempts_are_cancelled_at_the_leaf_and_their_work_is_skipped() {
     // The leaf learns of a cancellation when the reset stream reaches it,
     // and the straggler sleep keeps the slow calls alive a while: wait,
     // boundedly, until its counts stop changing.
-    let mut after = leaf_stats(&mut leaf).await;
+    let mut after = stats().await;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = leaf_stats(&mut leaf).await;
+        let now = stats().await;
         if now == after {
             break;
         }

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{SearchRequest, SearchResponse};
-use fanout_tests::{BeirQuery, Cluster, ClusterOptions, IndexFixture, beir, fanout_binary, within};
+use fanout_tests::{
+    BeirQuery, Cluster, ClusterOptions, IndexFixture, beir, fanout_binary, leaf_stats, within,
+};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
@@ -202,6 +204,9 @@ async fn a_hung_replica_costs_no_deadline_and_goes_on_probation() {
     let client = cluster.search_client().await.expect("client connects");
     let hung_addr = cluster.leaf(0, 0).addr().to_string();
 
+    let hung_before = leaf_stats(cluster.leaf(0, 0).addr())
+        .await
+        .expect("the hung leaf still answers Info");
     let mut answers = query_stream(&client, &queries, 0, 300, 2).await;
     answers.sort_by_key(|answer| answer.at);
     let slowest = quantile(&answers, 1.0);
@@ -233,9 +238,21 @@ async fn a_hung_replica_costs_no_deadline_and_goes_on_probation() {
     let early = hung_first[..100].iter().filter(|first| **first).count();
     let late = hung_first[200..].iter().filter(|first| **first).count();
     println!("hung replica first for shard 0: {early} of the first 100, {late} of the last 100");
+    // The hung leaf's own counts: it was called (so the test tested
+    // something), and every call it got was given up by the root.
+    let hung_after = leaf_stats(cluster.leaf(0, 0).addr())
+        .await
+        .expect("the hung leaf still answers Info");
+    let hung_calls = hung_after.calls - hung_before.calls;
+    let hung_cancelled = hung_after.cancelled - hung_before.cancelled;
+    println!("hung leaf: {hung_calls} calls, {hung_cancelled} cancelled");
     assert!(
-        early > 0,
+        hung_calls > 0,
         "the hung replica was never tried: nothing was tested"
+    );
+    assert!(
+        hung_cancelled > 0,
+        "the root gives up the calls the hung replica never answers"
     );
     assert!(
         late <= 10,

@@ -19,6 +19,7 @@
 //!   `fanout index` and cached on disk for every test binary to share.
 //! - [`cluster`]: [`Cluster`], S x R leaves, a merger and a root, all healthy
 //!   before the test starts, all killed on drop.
+//! - [`leaf_stats`]: a leaf's own call counts (`fanout-leaf-stats`), asked directly.
 //! - [`beir`]: BEIR relevance collections (SciFact): judged queries and qrels.
 //! - [`ndcg`]: nDCG@k with graded gains and a log2 discount.
 //! - [`time_limit`]: [`within`], so that no await in a test can hang.
@@ -29,6 +30,7 @@ pub mod child_process;
 pub mod cluster;
 pub mod health;
 pub mod index_fixture;
+pub mod leaf_stats;
 pub mod ndcg;
 pub mod scratch;
 pub mod time_limit;
@@ -41,6 +43,7 @@ pub use child_process::ChildProcess;
 pub use cluster::{Cluster, ClusterOptions, MergerPlacement};
 pub use health::{health_status, wait_for_status, wait_until_serving};
 pub use index_fixture::{CorpusSpec, IndexFixture};
+pub use leaf_stats::leaf_stats;
 pub use ndcg::ndcg_at_k;
 pub use scratch::ScratchDir;
 pub use time_limit::within;
