@@ -23,6 +23,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tonic::Code;
+
 /// The `Content-Type` of [`Registry::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -31,6 +33,28 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
+];
+
+/// Every gRPC status code, in numeric order (index = code): for families
+/// by code whose label sets are made up front.
+pub const GRPC_CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
 ];
 
 /// The metric type, as `# TYPE` spells it.
@@ -744,6 +768,13 @@ demo_tokens 7.25
         registry
             .counter_family("demo_total", "x", &["a", "b"])
             .with(&["only one"]);
+    }
+
+    #[test]
+    fn the_code_list_is_indexed_by_code() {
+        for (index, code) in GRPC_CODES.iter().enumerate() {
+            assert_eq!(*code as usize, index);
+        }
     }
 
     #[test]
