@@ -19,6 +19,9 @@
 //!   `fanout index` and cached on disk for every test binary to share.
 //! - [`cluster`]: [`Cluster`], S x R leaves, a merger and a root, all healthy
 //!   before the test starts, all killed on drop.
+//! - [`metrics`]: `GET /metrics` over a raw socket and a parser of the
+//!   Prometheus text format, to compare a service's counts with what a test
+//!   saw.
 //! - [`beir`]: BEIR relevance collections (SciFact): judged queries and qrels.
 //! - [`ndcg`]: nDCG@k with graded gains and a log2 discount.
 //! - [`time_limit`]: [`within`], so that no await in a test can hang.
@@ -29,6 +32,7 @@ pub mod child_process;
 pub mod cluster;
 pub mod health;
 pub mod index_fixture;
+pub mod metrics;
 pub mod ndcg;
 pub mod scratch;
 pub mod time_limit;
