@@ -118,9 +118,7 @@ pub fn parse(text: &str) -> anyhow::Result<Scrape> {
 }
 
 fn parse_sample(line: &str) -> anyhow::Result<Sample> {
-    let name_end = line
-        .find(|character: char| character == '{' || character == ' ')
-        .context("no value")?;
+    let name_end = line.find(['{', ' ']).context("no value")?;
     let name = line[..name_end].to_owned();
     let mut labels = BTreeMap::new();
     let mut rest = &line[name_end..];
