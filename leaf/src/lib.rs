@@ -22,6 +22,8 @@
 //!   heavy tail, inherent slowness, hangs, errors) for tests and benchmarks;
 //!   off unless asked for.
 //! - [`service`]: the `fanout.v1.Leaf` gRPC service (Execute, Info).
+//! - [`metrics`]: the leaf's Prometheus metrics (calls by status, cancelled
+//!   and wasted work, search latency, injected faults).
 //! - [`server`]: [`LeafServer`]: open a shard and serve it.
 //! - [`error`]: [`LeafError`], the crate's one error type, and its single
 //!   mapping to `tonic::Status`.
@@ -34,6 +36,7 @@ pub mod fault;
 pub mod global_stats;
 pub mod index_build;
 pub mod manifest;
+pub mod metrics;
 pub mod partition;
 pub mod query;
 pub mod schema;

@@ -78,6 +78,11 @@ impl LeafServer {
         self
     }
 
+    /// The leaf's metrics, for a `/metrics` endpoint.
+    pub fn metrics_registry(&self) -> Arc<fanout_runtime::metrics::Registry> {
+        self.service.metrics_registry()
+    }
+
     pub fn manifest(&self) -> &ShardManifest {
         self.shard.manifest()
     }

@@ -18,7 +18,8 @@
 //! caller went away before they answered, work skipped because its caller
 //! was gone before it started, and work that ran for nobody. Every Execute
 //! and Info response carries the counts in the [`LEAF_STATS_METADATA`]
-//! header ([`LeafStats`]).
+//! header ([`LeafStats`]); the same counts, calls by status code, search
+//! latency and injected faults are also in the leaf's [`LeafMetrics`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -30,11 +31,12 @@ use fanout_proto::v1::leaf_server::Leaf;
 use fanout_proto::v1::{ExecuteRequest, ExecuteResponse, InfoRequest, InfoResponse, LeafTimings};
 use fanout_runtime::cpu_pool::CpuPool;
 use prost_types::Any;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::LeafError;
 use crate::fault::FaultPlan;
+use crate::metrics::{LeafCounts, LeafMethod, LeafMetrics};
 use crate::shard::ShardSearcher;
 
 /// Calls queued or running per search thread beyond which the leaf refuses
@@ -101,26 +103,43 @@ pub struct LeafService {
     faults: Arc<FaultPlan>,
     calls: AtomicU64,
     cancelled: Arc<AtomicU64>,
+    metrics: LeafMetrics,
 }
 
 impl LeafService {
     pub fn new(shard: Arc<ShardSearcher>, pool: CpuPool, search_threads: usize) -> LeafService {
         let threads = u32::try_from(search_threads.max(1)).unwrap_or(u32::MAX);
+        let in_flight = Arc::new(AtomicU32::new(0));
+        let cancelled = Arc::new(AtomicU64::new(0));
+        let metrics = LeafMetrics::new(LeafCounts {
+            cancelled: Arc::clone(&cancelled),
+            in_flight: Arc::clone(&in_flight),
+            pool: pool.clone(),
+        });
         LeafService {
             shard,
             pool,
-            in_flight: Arc::new(AtomicU32::new(0)),
+            in_flight,
             max_in_flight: threads.saturating_mul(MAX_CALLS_IN_FLIGHT_PER_THREAD),
             faults: Arc::new(FaultPlan::default()),
             calls: AtomicU64::new(0),
-            cancelled: Arc::new(AtomicU64::new(0)),
+            cancelled,
+            metrics,
         }
     }
 
     /// The same service with `faults` injected around its work.
     pub fn with_faults(mut self, faults: FaultPlan) -> LeafService {
+        if faults.is_active() {
+            self.metrics.count_faults();
+        }
         self.faults = Arc::new(faults);
         self
+    }
+
+    /// The leaf's metrics registry, for a `/metrics` endpoint.
+    pub fn metrics_registry(&self) -> Arc<fanout_runtime::metrics::Registry> {
+        self.metrics.registry()
     }
 
     /// The counts so far.
@@ -163,6 +182,7 @@ impl LeafService {
             });
         }
         let fault = self.faults.decide(&request.request_id);
+        self.metrics.fault_decided(&fault);
         if fault.unavailable {
             return Err(LeafError::InjectedUnavailable);
         }
@@ -255,14 +275,17 @@ fn micros(duration: Duration) -> u64 {
 }
 
 /// Counts a call as cancelled when dropped before it answered.
-struct CancellationWatch {
+struct CancellationWatch<'a> {
     cancelled: Arc<AtomicU64>,
+    metrics: &'a LeafMetrics,
     answered: bool,
 }
 
-impl Drop for CancellationWatch {
+impl Drop for CancellationWatch<'_> {
     fn drop(&mut self) {
         if !self.answered {
+            self.metrics
+                .call_finished(LeafMethod::Execute, Code::Cancelled);
             let total = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::debug!(
                 cancelled_calls = total,
@@ -305,10 +328,15 @@ impl Leaf for LeafService {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut watch = CancellationWatch {
             cancelled: Arc::clone(&self.cancelled),
+            metrics: &self.metrics,
             answered: false,
         };
         let call = InFlightCall::enter(&self.in_flight);
         let request = request.into_inner();
+        let is_search = request
+            .payload
+            .as_ref()
+            .is_some_and(is::<ShardSearchRequest>);
         let payload_type = request
             .payload
             .as_ref()
@@ -336,18 +364,27 @@ impl Leaf for LeafService {
         let _entered = span.enter();
         match result {
             Ok(response) => {
-                tracing::debug!(elapsed = ?arrived.elapsed(), "answered");
+                let elapsed = arrived.elapsed();
+                tracing::debug!(?elapsed, "answered");
+                self.metrics.call_finished(LeafMethod::Execute, Code::Ok);
+                if is_search {
+                    self.metrics.search_answered(elapsed);
+                }
                 Ok(self.with_stats(Response::new(response)))
             }
             Err(error) => {
                 log_failure(&error);
-                Err(Status::from(error))
+                let status = Status::from(error);
+                self.metrics
+                    .call_finished(LeafMethod::Execute, status.code());
+                Err(status)
             }
         }
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let manifest = self.shard.manifest();
+        self.metrics.call_finished(LeafMethod::Info, Code::Ok);
         Ok(self.with_stats(Response::new(InfoResponse {
             shard_id: manifest.shard_id,
             shard_count: manifest.shard_count,
@@ -423,6 +460,22 @@ mod tests {
             3,
             "the call left"
         );
+
+        // A call dropped before it answers is counted as cancelled.
+        let mut cancelled = Box::pin(service.execute(Request::new(search_request())));
+        assert!(futures::poll!(cancelled.as_mut()).is_pending());
+        drop(cancelled);
+        let text = service.metrics_registry().render();
+        for line in [
+            "fanout_leaf_calls_total{method=\"execute\",code=\"RESOURCE_EXHAUSTED\"} 1\n",
+            "fanout_leaf_calls_total{method=\"execute\",code=\"OK\"} 1\n",
+            "fanout_leaf_calls_total{method=\"execute\",code=\"CANCELLED\"} 1\n",
+            "fanout_leaf_cancelled_calls_total 1\n",
+            "fanout_leaf_search_duration_seconds_count 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(service.stats().cancelled, 1);
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! What every request handler of the root shares: the replica sets of the
-//! shards, the merger, the known shard sizes and the timeout settings.
+//! shards, the merger, the known shard sizes, the timeout settings and the
+//! metrics.
 
 use std::time::Duration;
 
 use fanout_merger::MergerEndpoint;
 
 use crate::hedge::{HedgeBudget, HedgePolicy, HedgeSettings};
+use crate::metrics::RootMetrics;
 use crate::replica::ReplicaSet;
 use crate::shard_info::ShardDocCounts;
 
@@ -20,6 +22,8 @@ pub struct Cluster {
     pub hedge: HedgeSettings,
     /// Shared by every request's hedges and retries.
     pub hedge_budget: HedgeBudget,
+    /// Counted by every request; served by `--metrics-listen`.
+    pub metrics: RootMetrics,
 }
 
 impl Cluster {

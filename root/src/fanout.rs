@@ -19,6 +19,7 @@ use crate::cluster::Cluster;
 use crate::deadline::RequestDeadline;
 use crate::error::RootError;
 use crate::hedge::HedgePolicy;
+use crate::metrics::ShardPhase;
 use crate::policy::{CoveragePolicy, ShardOutcome, coverage_of, enforce};
 use crate::shard_call::{
     ShardAnswer, ShardCall, ShardCallCounters, ShardCallOutcome, ShardHedging, call_shard,
@@ -108,7 +109,9 @@ pub async fn fan_out_and_merge(
 
     let fan_out_started = Instant::now();
     let counters: Vec<ShardCallCounters> = (0..shard_count)
-        .map(|_| ShardCallCounters::default())
+        .map(|shard| {
+            ShardCallCounters::reporting_to(cluster.metrics.shard_call(shard, ShardPhase::FanOut))
+        })
         .collect();
     let hedging = ShardHedging {
         policy: hedge_policy,

@@ -28,6 +28,7 @@ use fanout_proto::status::code_name;
 use crate::error::RootError;
 use crate::fanout::AnsweredShard;
 use crate::hedge::HedgePolicy;
+use crate::metrics::ShardPhase;
 use crate::policy::CoveragePolicy;
 use crate::shard_call::{ShardCall, ShardCallCounters, ShardCallOutcome, ShardHedging, call_shard};
 
@@ -98,7 +99,9 @@ pub async fn fetch_hits(
     let mut failures: Vec<FetchFailure> = Vec::new();
     let shard_count = cluster.shards.len();
     let counters: Vec<ShardCallCounters> = (0..shard_count)
-        .map(|_| ShardCallCounters::default())
+        .map(|shard| {
+            ShardCallCounters::reporting_to(cluster.metrics.shard_call(shard, ShardPhase::Fetch))
+        })
         .collect();
     let hedging = ShardHedging {
         policy: hedge_policy,

@@ -26,6 +26,8 @@
 //! - [`policy`]: shard outcomes, the `Coverage` they add up to, and the
 //!   caller's `allow_partial` / `min_coverage` decision.
 //! - [`shard_info`]: the shards' document counts, for `docs_total`.
+//! - [`metrics`]: the root's Prometheus metrics (requests, per-shard hedges
+//!   and retries, the budget, replica state).
 //! - [`error`]: [`RootError`] and its one mapping to `tonic::Status`.
 
 pub mod cluster;
@@ -35,6 +37,7 @@ pub mod error;
 pub mod fanout;
 pub mod fetch;
 pub mod hedge;
+pub mod metrics;
 pub mod policy;
 pub mod query;
 pub mod replica;

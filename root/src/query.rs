@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fanout_proto::v1::root_server::Root;
 use fanout_proto::v1::{QueryRequest, QueryResponse};
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::cluster::Cluster;
@@ -14,6 +14,7 @@ use crate::deadline::RequestDeadline;
 use crate::error::RootError;
 use crate::fanout::{FanOutRequest, fan_out_and_merge};
 use crate::hedge::requested_policy;
+use crate::metrics::RootMethod;
 use crate::policy::CoveragePolicy;
 use crate::request_id::request_id_for;
 
@@ -82,6 +83,7 @@ impl Root for QueryService {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         let started_at = Instant::now();
+        let timer = self.cluster.metrics.start_request(RootMethod::Query);
         let request_id = request_id_for(request.metadata());
         let type_url = request
             .get_ref()
@@ -95,10 +97,15 @@ impl Root for QueryService {
             .instrument(span.clone())
             .await;
         match result {
-            Ok(response) => Ok(Response::new(response)),
+            Ok(response) => {
+                timer.finish(Code::Ok);
+                Ok(Response::new(response))
+            }
             Err(error) => {
                 tracing::info!(parent: &span, %error, "query failed");
-                Err(Status::from(error))
+                let status = Status::from(error);
+                timer.finish(status.code());
+                Err(status)
             }
         }
     }

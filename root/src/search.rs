@@ -10,7 +10,7 @@ use fanout_proto::search::v1::{
     QueryMode, SearchRequest, SearchResponse, ShardSearchRequest, ShardSearchResponse,
 };
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::cluster::Cluster;
@@ -19,6 +19,7 @@ use crate::error::RootError;
 use crate::fanout::{FanOutRequest, fan_out_and_merge};
 use crate::fetch::{FetchOptions, FetchPhase, fetch_hits};
 use crate::hedge::{HedgePolicy, requested_policy};
+use crate::metrics::RootMethod;
 use crate::policy::CoveragePolicy;
 use crate::request_id::request_id_for;
 
@@ -191,6 +192,7 @@ impl Search for SearchService {
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
         let started_at = Instant::now();
+        let timer = self.cluster.metrics.start_request(RootMethod::Search);
         let request_id = request_id_for(request.metadata());
         let span = tracing::info_span!("search", request_id = %request_id);
         let result = self
@@ -198,10 +200,15 @@ impl Search for SearchService {
             .instrument(span.clone())
             .await;
         match result {
-            Ok(response) => Ok(Response::new(response)),
+            Ok(response) => {
+                timer.finish(Code::Ok);
+                Ok(Response::new(response))
+            }
             Err(error) => {
                 tracing::info!(parent: &span, %error, "search failed");
-                Err(Status::from(error))
+                let status = Status::from(error);
+                timer.finish(status.code());
+                Err(status)
             }
         }
     }
@@ -210,7 +217,6 @@ impl Search for SearchService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     fn request(query: &str) -> SearchRequest {
         SearchRequest {

@@ -110,6 +110,9 @@ struct ReplicaLoad {
     consecutive_straggles: u32,
     /// On probation until then; stays set after it passes until the probe.
     probation_until: Option<Instant>,
+    /// Times put on probation, and times a probe ended it (for metrics).
+    probation_entries: u64,
+    probation_exits: u64,
 }
 
 impl ReplicaLoad {
@@ -178,6 +181,8 @@ impl ReplicaSelector {
             estimate_is_lower_bound: false,
             consecutive_straggles: 0,
             probation_until: None,
+            probation_entries: 0,
+            probation_exits: 0,
         };
         Self {
             replicas: (0..replica_count)
@@ -224,6 +229,17 @@ impl ReplicaSelector {
     /// Whether replica `index` is on probation for straggling.
     pub fn is_on_probation(&self, index: usize) -> bool {
         self.load(index).is_on_probation(Instant::now())
+    }
+
+    /// Attempts in flight on replica `index`.
+    pub fn outstanding(&self, index: usize) -> u32 {
+        self.with_load(index, |load| load.outstanding)
+    }
+
+    /// How often replica `index` went on probation, and how often an answer
+    /// ended its probation, since the root started.
+    pub fn probation_counts(&self, index: usize) -> (u64, u64) {
+        self.with_load(index, |load| (load.probation_entries, load.probation_exits))
     }
 
     /// The replica for the next attempt, skipping those in `tried`: by the
@@ -345,7 +361,9 @@ impl ReplicaSelector {
                     load.consecutive_failures = 0;
                     load.cooling_until = None;
                     load.consecutive_straggles = 0;
-                    load.probation_until = None;
+                    if load.probation_until.take().is_some() {
+                        load.probation_exits += 1;
+                    }
                 }
                 Some(AttemptFailure::Answered) => {
                     load.observe_latency(elapsed, now, options.decay);
@@ -363,6 +381,9 @@ impl ReplicaSelector {
                             .probation
                             .saturating_mul(1 << doublings)
                             .min(options.max_cool_down);
+                        if load.probation_until.is_none() {
+                            load.probation_entries += 1;
+                        }
                         load.probation_until = Some(now + probation);
                     }
                 }
@@ -559,6 +580,7 @@ mod tests {
             attempt.failed(AttemptFailure::Overtaken);
         }
         assert!(selector.is_on_probation(0));
+        assert_eq!(selector.probation_counts(0), (1, 0));
         for _ in 0..20 {
             assert_eq!(selector.choose(&[]), Some(1), "avoided as primary");
             assert_eq!(selector.best_untried(&[]), Some(1), "and as a hedge target");
@@ -573,17 +595,26 @@ mod tests {
         advance(Duration::from_millis(1001)).await;
         assert_eq!(selector.choose(&[]), Some(0));
         let probe = selector.begin_attempt(0);
+        assert_eq!(selector.outstanding(0), 1, "the probe is in flight");
         assert_eq!(selector.choose(&[]), Some(1), "one probe at a time");
         // The probe straggles too: a longer probation.
         advance(Duration::from_millis(5)).await;
         probe.failed(AttemptFailure::TimedOut);
         advance(Duration::from_millis(1500)).await;
         assert!(selector.is_on_probation(0), "2 s the second time");
+        assert_eq!(
+            selector.probation_counts(0),
+            (1, 0),
+            "a renewed probation is not a new entry"
+        );
+        assert_eq!(selector.outstanding(0), 0);
         advance(Duration::from_millis(501)).await;
         assert_eq!(selector.choose(&[]), Some(0));
         // This probe answers fast: probation over, the estimate replaced.
         record_success(&selector, 0, Duration::from_micros(500)).await;
         assert!(!selector.is_on_probation(0));
+        assert_eq!(selector.probation_counts(0), (1, 1));
+        assert_eq!(selector.probation_counts(1), (0, 0));
         assert!(
             (selector.cost(0) - 0.5e6).abs() < 1e3,
             "{}",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use fanout_merger::{MergerEndpoint, TopKMerge};
 use fanout_proto::search::v1::search_server::SearchServer;
 use fanout_proto::v1::root_server::RootServer as RootServiceServer;
+use fanout_runtime::metrics::Registry;
 use fanout_runtime::serve::{DrainOptions, GrpcService};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ use crate::cluster::Cluster;
 use crate::config::RootConfig;
 use crate::error::RootError;
 use crate::hedge::HedgeBudget;
+use crate::metrics::RootMetrics;
 use crate::query::QueryService;
 use crate::replica::ReplicaSet;
 use crate::search::SearchService;
@@ -65,6 +67,7 @@ impl RootServer {
                     }
                 })?,
             };
+        let shard_count = shards.len();
         let cluster = Arc::new(Cluster {
             doc_counts: ShardDocCounts::unknown(shards.len()),
             shards,
@@ -76,13 +79,20 @@ impl RootServer {
                 config.hedge.budget_floor_per_second,
             ),
             hedge: config.hedge,
+            metrics: RootMetrics::new(shard_count),
         });
+        cluster.metrics.collect_from(&cluster);
         let learner = tokio::spawn(learn_doc_counts(Arc::clone(&cluster)));
         Ok(RootServer {
             cluster,
             drain: config.drain,
             _doc_count_learner: AbortOnDrop(learner),
         })
+    }
+
+    /// The root's metrics, for a `/metrics` endpoint.
+    pub fn metrics_registry(&self) -> Arc<Registry> {
+        self.cluster.metrics.registry()
     }
 
     /// Serves `fanout.search.v1.Search` and `fanout.v1.Root` on `listener`

@@ -39,6 +39,7 @@ use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::hedge::{HedgeBudget, HedgePolicy, HedgeSettings};
+use crate::metrics::ShardCallMetrics;
 use crate::replica::ReplicaSet;
 use crate::selector::{AttemptFailure, AttemptRecorder};
 
@@ -52,6 +53,8 @@ pub struct ShardHedging<'a> {
 }
 
 /// What happened during a shard call, readable even when it was cancelled.
+/// With [`reporting_to`](Self::reporting_to), every count also goes to the
+/// root's lifetime metrics of the shard, as it happens.
 #[derive(Debug, Default)]
 pub struct ShardCallCounters {
     /// Attempts sent: primary + hedges + retries.
@@ -62,11 +65,59 @@ pub struct ShardCallCounters {
     /// Hedges and retries not sent for want of budget.
     pub hedges_suppressed: AtomicU32,
     pub retries: AtomicU32,
+    metrics: Option<ShardCallMetrics>,
 }
 
 impl ShardCallCounters {
-    pub(crate) fn add(counter: &AtomicU32) {
+    /// Counters whose counts also go to `metrics`.
+    pub fn reporting_to(metrics: Option<ShardCallMetrics>) -> ShardCallCounters {
+        ShardCallCounters {
+            metrics,
+            ..ShardCallCounters::default()
+        }
+    }
+
+    fn add(counter: &AtomicU32) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn attempt_sent(&self, kind: AttemptKind) {
+        Self::add(&self.attempts);
+        if let Some(metrics) = &self.metrics {
+            match kind {
+                AttemptKind::Primary => metrics.primary_attempts.inc(),
+                AttemptKind::Hedge => metrics.hedge_attempts.inc(),
+                AttemptKind::Retry => metrics.retry_attempts.inc(),
+            }
+        }
+    }
+
+    pub(crate) fn hedge_sent(&self) {
+        Self::add(&self.hedges);
+        if let Some(metrics) = &self.metrics {
+            metrics.hedges.inc();
+        }
+    }
+
+    pub(crate) fn hedge_won(&self) {
+        Self::add(&self.hedges_won);
+        if let Some(metrics) = &self.metrics {
+            metrics.hedges_won.inc();
+        }
+    }
+
+    pub(crate) fn suppressed(&self) {
+        Self::add(&self.hedges_suppressed);
+        if let Some(metrics) = &self.metrics {
+            metrics.hedges_suppressed.inc();
+        }
+    }
+
+    pub(crate) fn retry_sent(&self) {
+        Self::add(&self.retries);
+        if let Some(metrics) = &self.metrics {
+            metrics.retries.inc();
+        }
     }
 }
 
@@ -115,7 +166,7 @@ pub(crate) enum AttemptError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AttemptKind {
+pub(crate) enum AttemptKind {
     Primary,
     Hedge,
     Retry,
@@ -197,7 +248,7 @@ where
         attempts
             .recorders
             .push(Some(selector.begin_attempt(replica_index)));
-        ShardCallCounters::add(&counters.attempts);
+        counters.attempt_sent(kind);
         let replica = &replica_set.replicas[replica_index];
         let request = ExecuteRequest {
             payload: Some(payload.clone()),
@@ -237,11 +288,11 @@ where
                 return ShardCallOutcome::TimedOut;
             }
             if !hedging.budget.try_spend() {
-                ShardCallCounters::add(&counters.hedges_suppressed);
+                counters.suppressed();
                 tracing::debug!(shard_id, "retry suppressed: the hedge budget is empty");
                 return ShardCallOutcome::Failed(failure);
             }
-            ShardCallCounters::add(&counters.retries);
+            counters.retry_sent();
             in_flight.push(send(&mut attempts, replica_index, AttemptKind::Retry));
             next_hedge_at = hedge_delay.map(|delay| Instant::now() + delay);
             continue;
@@ -282,7 +333,7 @@ where
                             }
                         }
                         if attempts.kinds[index] == AttemptKind::Hedge {
-                            ShardCallCounters::add(&counters.hedges_won);
+                            counters.hedge_won();
                         }
                         return ShardCallOutcome::Answered(ShardAnswer {
                             response,
@@ -329,12 +380,12 @@ where
                     continue;
                 };
                 if !hedging.budget.try_spend() {
-                    ShardCallCounters::add(&counters.hedges_suppressed);
+                    counters.suppressed();
                     tracing::debug!(shard_id, "hedge suppressed: the hedge budget is empty");
                     continue;
                 }
                 tracing::debug!(shard_id, replica_index, lateness_micros = lateness.as_micros() as u64, "hedging");
-                ShardCallCounters::add(&counters.hedges);
+                counters.hedge_sent();
                 in_flight.push(send(&mut attempts, replica_index, AttemptKind::Hedge));
                 next_hedge_at = hedge_delay.map(|delay| Instant::now() + delay);
             }
@@ -459,6 +510,7 @@ mod tests {
     mod hedging {
         use super::super::*;
         use crate::hedge::HedgeTimer;
+        use crate::metrics::{RootMetrics, ShardPhase};
         use crate::topology::ShardReplicas;
         use std::sync::Mutex;
 
@@ -516,7 +568,9 @@ mod tests {
         ) -> Run {
             let (settings, policy) = settings(policy);
             let log = Log::default();
-            let counters = ShardCallCounters::default();
+            let metrics = RootMetrics::new(1);
+            let counters =
+                ShardCallCounters::reporting_to(metrics.shard_call(0, ShardPhase::FanOut));
             let payload = Any::default();
             let started = Instant::now();
             let call = ShardCall {
@@ -556,12 +610,35 @@ mod tests {
             .await;
             let calls = log.calls.lock().unwrap().clone();
             let dropped = log.dropped.lock().unwrap().clone();
+            assert_metrics_mirror(&metrics, &counters);
             Run {
                 outcome,
                 counters,
                 calls,
                 dropped,
             }
+        }
+
+        /// The root's lifetime metrics got exactly the call's counts.
+        fn assert_metrics_mirror(metrics: &RootMetrics, counters: &ShardCallCounters) {
+            let shard = metrics.shard_call(0, ShardPhase::FanOut).unwrap();
+            let attempts = shard.primary_attempts.get()
+                + shard.hedge_attempts.get()
+                + shard.retry_attempts.get();
+            assert_eq!(attempts, u64::from(count(&counters.attempts)));
+            assert_eq!(shard.primary_attempts.get(), 1);
+            assert_eq!(shard.hedges.get(), u64::from(count(&counters.hedges)));
+            assert_eq!(shard.hedge_attempts.get(), shard.hedges.get());
+            assert_eq!(
+                shard.hedges_won.get(),
+                u64::from(count(&counters.hedges_won))
+            );
+            assert_eq!(
+                shard.hedges_suppressed.get(),
+                u64::from(count(&counters.hedges_suppressed))
+            );
+            assert_eq!(shard.retries.get(), u64::from(count(&counters.retries)));
+            assert_eq!(shard.retry_attempts.get(), shard.retries.get());
         }
 
         fn count(counter: &AtomicU32) -> u32 {

@@ -4,7 +4,10 @@
 //! (`fanout leaf listening on 127.0.0.1:40123`, see
 //! `fanout_runtime::announce`); [`ChildProcess::start`] waits for that line,
 //! then a thread keeps draining stdout so the child never blocks on a full
-//! pipe. Stderr (the logs) goes to a file, whose tail is printed when the
+//! pipe. A child started with `--metrics-listen` also announces its metrics
+//! endpoint on the next line (`fanout leaf metrics on ADDR`), which
+//! [`ChildProcess::start`] then waits for too ([`ChildProcess::metrics_addr`]).
+//! Stderr (the logs) goes to a file, whose tail is printed when the
 //! child is dropped during a panic, that is when a test fails. Dropping a
 //! `ChildProcess` SIGKILLs it.
 
@@ -31,6 +34,7 @@ const STDERR_TAIL_LINES: usize = 40;
 pub struct ChildProcess {
     name: String,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     pid: u32,
     child: Mutex<Child>,
     stderr_log: PathBuf,
@@ -76,12 +80,16 @@ impl ChildProcess {
         let stdout = child.stdout.take().expect("stdout was configured as piped");
 
         let (announced_tx, announced_rx) = tokio::sync::oneshot::channel();
+        let wants_metrics = args.iter().any(|arg| arg == "--metrics-listen");
+        let (metrics_tx, metrics_rx) = tokio::sync::oneshot::channel();
+        let metrics_tx = wants_metrics.then_some(metrics_tx);
         let thread_name = format!("{name}-stdout");
         std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || drain_stdout(stdout, announced_tx))
+            .spawn(move || drain_stdout(stdout, announced_tx, metrics_tx))
             .context("cannot start the stdout reader thread")?;
 
+        let started = tokio::time::Instant::now();
         let announced = tokio::time::timeout(announce_limit, announced_rx).await;
         let addr = match announced {
             Ok(Ok(Ok(addr))) => addr,
@@ -95,10 +103,24 @@ impl ChildProcess {
                 read_tail(&stderr_log, STDERR_TAIL_LINES)
             ),
         };
+        let metrics_addr = if wants_metrics {
+            // Printed right after the listening line.
+            let left = announce_limit.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, metrics_rx).await {
+                Ok(Ok(addr)) => Some(addr),
+                _ => bail!(
+                    "{name} ({command:?}) did not announce its metrics address\n--- stderr\n{}",
+                    read_tail(&stderr_log, STDERR_TAIL_LINES)
+                ),
+            }
+        } else {
+            None
+        };
         let child = guard.0.take().expect("the guard was just filled");
         Ok(ChildProcess {
             name: name.to_owned(),
             addr,
+            metrics_addr,
             pid,
             child: Mutex::new(child),
             stderr_log,
@@ -108,6 +130,11 @@ impl ChildProcess {
     /// The address it announced.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The metrics endpoint it announced, when started with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://<addr>`, for tonic and for `--merger`.
@@ -218,20 +245,27 @@ impl Drop for ChildProcess {
     }
 }
 
-/// Reads stdout until the announce line (sent on `announced`), then drains the
-/// rest until the child closes it.
+/// Reads stdout until the announce line (sent on `announced`) and, when
+/// asked for, the metrics line (sent on `metrics`), then drains the rest
+/// until the child closes it.
 fn drain_stdout(
     stdout: std::process::ChildStdout,
     announced: tokio::sync::oneshot::Sender<Result<SocketAddr, String>>,
+    mut metrics: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) {
+    use fanout_runtime::announce::{parse_listening_line, parse_metrics_line};
     let mut announced = Some(announced);
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let Ok(line) = line else { break };
-        if let Some((_, addr)) = fanout_runtime::announce::parse_listening_line(&line)
+        if let Some((_, addr)) = parse_listening_line(&line)
             && let Some(sender) = announced.take()
         {
             let _ = sender.send(Ok(addr));
+        } else if let Some((_, addr)) = parse_metrics_line(&line)
+            && let Some(sender) = metrics.take()
+        {
+            let _ = sender.send(addr);
         }
     }
     if let Some(sender) = announced {

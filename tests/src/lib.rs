@@ -20,6 +20,9 @@
 //! - [`cluster`]: [`Cluster`], S x R leaves, a merger and a root, all healthy
 //!   before the test starts, all killed on drop.
 //! - [`leaf_stats`]: a leaf's own call counts (`fanout-leaf-stats`), asked directly.
+//! - [`metrics`]: `GET /metrics` over a raw socket and a parser of the
+//!   Prometheus text format, to compare a service's counts with what a test
+//!   saw.
 //! - [`beir`]: BEIR relevance collections (SciFact): judged queries and qrels.
 //! - [`ndcg`]: nDCG@k with graded gains and a log2 discount.
 //! - [`time_limit`]: [`within`], so that no await in a test can hang.
@@ -31,6 +34,7 @@ pub mod cluster;
 pub mod health;
 pub mod index_fixture;
 pub mod leaf_stats;
+pub mod metrics;
 pub mod ndcg;
 pub mod scratch;
 pub mod time_limit;

@@ -10,7 +10,7 @@ use fanout_leaf::{FaultPlan, LeafConfig, LeafServer};
 use fanout_runtime::{announce, shutdown};
 use tokio::net::TcpListener;
 
-use crate::cmd::{available_cores, drain_options};
+use crate::cmd::{available_cores, bind_metrics, drain_options, serve_metrics};
 
 #[derive(Debug, Args)]
 pub struct LeafArgs {
@@ -39,12 +39,17 @@ pub struct LeafArgs {
         value_delimiter = ';'
     )]
     pub faults: Vec<String>,
+    /// Serve Prometheus metrics on `GET /metrics` at this address (its own
+    /// port; port 0 picks a free one, printed on stdout). Off by default.
+    #[arg(long, value_name = "ADDR", env = "FANOUT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Validated `fanout leaf`: the shard is open, ready to serve.
 pub struct LeafPlan {
     server: LeafServer,
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl LeafArgs {
@@ -69,18 +74,24 @@ impl LeafArgs {
         Ok(LeafPlan {
             server,
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
         })
     }
 }
 
 pub async fn run(plan: LeafPlan) -> anyhow::Result<ExitCode> {
-    let LeafPlan { server, listen } = plan;
+    let LeafPlan {
+        server,
+        listen,
+        metrics_listen,
+    } = plan;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local_addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    let metrics = bind_metrics(metrics_listen).await?;
     let manifest = server.manifest();
     tracing::info!(
         shard_id = manifest.shard_id,
@@ -91,6 +102,7 @@ pub async fn run(plan: LeafPlan) -> anyhow::Result<ExitCode> {
         "leaf serving"
     );
     announce::announce_listening("leaf", local_addr);
+    let _metrics_task = serve_metrics("leaf", metrics, server.metrics_registry());
     server
         .serve(listener, shutdown::signal())
         .await

@@ -20,11 +20,16 @@ pub mod root;
 pub mod search;
 pub mod up;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
+use fanout_runtime::announce;
+use fanout_runtime::metrics::Registry;
+use fanout_runtime::metrics_http::{MetricsEndpoint, MetricsTask};
 use fanout_runtime::serve::DrainOptions;
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +152,32 @@ pub fn grpc_url(flag: &str, addr: &str) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// Binds `--metrics-listen`, when given.
+pub async fn bind_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Option<MetricsEndpoint>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let endpoint = MetricsEndpoint::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
+    Ok(Some(endpoint))
+}
+
+/// Announces the metrics endpoint (after the service's own announce line,
+/// which readers expect first) and serves `registry` on it until the
+/// returned task is dropped, that is until the service stops.
+pub fn serve_metrics(
+    role: &str,
+    endpoint: Option<MetricsEndpoint>,
+    registry: Arc<Registry>,
+) -> Option<MetricsTask> {
+    let endpoint = endpoint?;
+    let addr = endpoint.local_addr();
+    tracing::info!(%addr, "metrics served on /metrics");
+    announce::announce_metrics(role, addr);
+    Some(endpoint.spawn(registry))
+}
+
 /// Threads the machine offers (1 when it cannot tell).
 pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -218,6 +249,40 @@ mod tests {
         );
         let error = grpc_url("--merger", "not a url").unwrap_err().to_string();
         assert!(error.starts_with("--merger"), "{error}");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_optional_socket_address_of_root_and_leaf() {
+        let root = |extra: &[&str]| {
+            let mut args = vec!["fanout", "root", "--shard", "0=127.0.0.1:1"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        let cli = root(&["--metrics-listen", "127.0.0.1:0"]).unwrap();
+        let crate::cmd::Command::Root(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
+        assert_eq!(args.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+        let cli = root(&[]).unwrap();
+        let crate::cmd::Command::Root(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
+        assert_eq!(args.metrics_listen, None, "off by default");
+        let error = root(&["--metrics-listen", "localhost"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--metrics-listen"), "{error}");
+        assert!(
+            Cli::try_parse_from([
+                "fanout",
+                "leaf",
+                "--shard-dir",
+                "d",
+                "--metrics-listen",
+                "127.0.0.1:9100"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use fanout_root::{
 use fanout_runtime::{announce, shutdown};
 use tokio::net::TcpListener;
 
-use crate::cmd::{drain_options, grpc_url};
+use crate::cmd::{bind_metrics, drain_options, grpc_url, serve_metrics};
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("shards_from").required(true).multiple(false)
@@ -67,12 +67,17 @@ pub struct RootArgs {
     /// Hedges and retries allowed per second on top of the percentage.
     #[arg(long, default_value_t = 10.0, env = "FANOUT_HEDGE_BUDGET_FLOOR")]
     pub hedge_budget_floor: f64,
+    /// Serve Prometheus metrics on `GET /metrics` at this address (its own
+    /// port; port 0 picks a free one, printed on stdout). Off by default.
+    #[arg(long, value_name = "ADDR", env = "FANOUT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Validated `fanout root`.
 pub struct RootPlan {
     config: RootConfig,
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl RootArgs {
@@ -109,12 +114,17 @@ impl RootArgs {
         Ok(RootPlan {
             config,
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
         })
     }
 }
 
 pub async fn run(plan: RootPlan) -> anyhow::Result<ExitCode> {
-    let RootPlan { config, listen } = plan;
+    let RootPlan {
+        config,
+        listen,
+        metrics_listen,
+    } = plan;
     let shard_count = config.topology.shards.len();
     let merger = config.merger.clone();
     let server = RootServer::new(config)
@@ -126,6 +136,7 @@ pub async fn run(plan: RootPlan) -> anyhow::Result<ExitCode> {
     let local_addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    let metrics = bind_metrics(metrics_listen).await?;
     tracing::info!(
         %local_addr,
         shard_count,
@@ -133,6 +144,7 @@ pub async fn run(plan: RootPlan) -> anyhow::Result<ExitCode> {
         "root serving"
     );
     announce::announce_listening("root", local_addr);
+    let _metrics_task = serve_metrics("root", metrics, server.metrics_registry());
     server
         .serve(listener, shutdown::signal())
         .await

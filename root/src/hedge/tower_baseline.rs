@@ -51,8 +51,8 @@ use crate::hedge::HedgePolicy;
 use crate::replica::ReplicaSet;
 use crate::selector::AttemptFailure;
 use crate::shard_call::{
-    AttemptError, ShardAnswer, ShardCall, ShardCallCounters, ShardCallOutcome, ShardHedging,
-    classify,
+    AttemptError, AttemptKind, ShardAnswer, ShardCall, ShardCallCounters, ShardCallOutcome,
+    ShardHedging, classify,
 };
 
 /// Successful latencies the previous period must hold before tower hedges.
@@ -162,9 +162,13 @@ impl<'a> Service<AttemptRequest<'a>> for ReplicaAttempts {
             counters,
             execute,
         } = request;
-        let attempt = counters.attempts.fetch_add(1, Ordering::Relaxed);
-        if attempt > 0 {
-            ShardCallCounters::add(&counters.hedges);
+        // tower calls this once for the primary, then once for its hedge, in turn.
+        let attempt = counters.attempts.load(Ordering::Relaxed);
+        if attempt == 0 {
+            counters.attempt_sent(AttemptKind::Primary);
+        } else {
+            counters.attempt_sent(AttemptKind::Hedge);
+            counters.hedge_sent();
         }
         let selector = &replica_set.selector;
         let replica_count = replica_set.replicas.len();
@@ -280,7 +284,7 @@ pub async fn call_shard_over<'a>(
     let failed = match pending.await {
         Ok(answer) => {
             if answer.attempt > 0 {
-                ShardCallCounters::add(&counters.hedges_won);
+                counters.hedge_won();
             }
             return ShardCallOutcome::Answered(ShardAnswer {
                 response: answer.response,
@@ -315,10 +319,10 @@ async fn retry_without_hedging<'a>(
         return ShardCallOutcome::Failed(failed.status);
     };
     if !call.hedging.budget.try_spend() {
-        ShardCallCounters::add(&counters.hedges_suppressed);
+        counters.suppressed();
         return ShardCallOutcome::Failed(failed.status);
     }
-    ShardCallCounters::add(&counters.retries);
+    counters.retry_sent();
     let attempts_before = counters.attempts.load(Ordering::Relaxed);
     let retry = ShardCall {
         preferred_replica: Some(replica_index),
