@@ -3,18 +3,20 @@
 //!
 //! With hedging off every shard call is one attempt, so the root's shard
 //! timings of that run are samples of the per-attempt latency distribution
-//! of each shard. A policy that hedges after a delay `d` on independent
-//! replicas turns an attempt's survival `S(t)` into `S(t) S(t-d) S(t-2d)...`
-//! (each hedge a fresh draw, started `d` later than the previous one). This
-//! module applies that by resampling: for every recorded request, each shard's
+//! of each shard, in each phase (the search, then the fetch of the winners'
+//! fields). A policy that hedges after a delay `d` on independent replicas
+//! turns an attempt's survival `S(t)` into `S(t) S(t-d) S(t-2d)...` (each
+//! hedge a fresh draw, started `d` later than the previous one). This module
+//! applies that by resampling: for every recorded request, each shard call's
 //! recorded latency `x` becomes `min(x, d + x1, 2d + x2, ...)` with `x1, x2`
-//! drawn from the same shard's recorded attempts, and the request's latency
-//! becomes its recorded overhead (latency minus its slowest shard) plus the
-//! slowest of the hedged shards.
+//! drawn from the same shard's recorded attempts of the same phase, and the
+//! request's latency becomes its recorded overhead (its latency minus its
+//! slowest search call and its slowest fetch call) plus the slowest hedged
+//! search call plus the slowest hedged fetch call.
 //!
-//! The delay is chosen per shard so that the fraction of attempts hedged
-//! equals a given rate (the rate a real hedged run measured): the
-//! `1 - rate` quantile of the shard's attempt latency. Nothing in the
+//! The delay is chosen per shard and phase so that the fraction of attempts
+//! hedged equals a given rate (the rate a real hedged run measured): the
+//! `1 - rate` quantile of that shard's attempt latency in that phase. Nothing in the
 //! computation costs anything (no timer lateness, no extra load, no queueing
 //! caused by the hedges), hence "ideal": a measured p99 divided by the ideal
 //! p99 says how much of the achievable gain a policy leaves on the table.
@@ -45,14 +47,71 @@ pub struct IdealOptions {
 /// The ideal hedged latency of a recorded run.
 #[derive(Debug, Clone)]
 pub struct IdealBound {
-    /// Per shard id: the hedge delay, in microseconds, that hedges `hedge_rate`.
+    /// Per shard id: the search phase's hedge delay, in microseconds, that
+    /// hedges `hedge_rate` of the shard's search calls.
     pub delays_us: BTreeMap<u32, u64>,
+    /// The same for the fetch phase.
+    pub fetch_delays_us: BTreeMap<u32, u64>,
     /// Resampled request latencies, in microseconds.
     pub latency: Histogram<u64>,
-    /// Recorded requests used (those whose every shard answered at the first attempt).
+    /// Recorded requests used (those whose every shard call answered at the
+    /// first attempt).
     pub requests_used: usize,
     /// Hedges the ideal sent per primary shard call (about `hedge_rate`).
     pub hedges_per_call: f64,
+}
+
+/// Each shard's recorded single attempts of one phase, ascending, and the
+/// hedge delay that hedges a given fraction of them.
+struct AttemptPools {
+    attempts: BTreeMap<u32, Vec<u64>>,
+    delays_us: BTreeMap<u32, u64>,
+}
+
+impl AttemptPools {
+    fn new(samples: impl Iterator<Item = (u32, u64)>, hedge_rate: f64) -> AttemptPools {
+        let mut attempts: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for (shard_id, latency_us) in samples {
+            attempts.entry(shard_id).or_default().push(latency_us);
+        }
+        for pool in attempts.values_mut() {
+            pool.sort_unstable();
+        }
+        let delays_us = attempts
+            .iter()
+            .map(|(shard_id, pool)| (*shard_id, quantile_of_sorted(pool, 1.0 - hedge_rate)))
+            .collect();
+        AttemptPools {
+            attempts,
+            delays_us,
+        }
+    }
+
+    /// `recorded` hedged as the ideal policy would: up to `max_hedges`
+    /// hedges, each `delay` after the previous, each a fresh draw. Returns
+    /// the answer time and the hedges sent.
+    fn hedged(
+        &self,
+        shard_id: u32,
+        recorded: u64,
+        max_hedges: u32,
+        random: &mut SeededRandom,
+    ) -> (u64, u64) {
+        let pool = &self.attempts[&shard_id];
+        let delay = self.delays_us[&shard_id];
+        let mut answered = recorded;
+        let mut hedges = 0;
+        for hedge in 1..=u64::from(max_hedges) {
+            let sent_at = delay.saturating_mul(hedge);
+            if answered <= sent_at {
+                break;
+            }
+            hedges += 1;
+            let draw = pool[random.below(pool.len() as u64) as usize];
+            answered = answered.min(sent_at.saturating_add(draw));
+        }
+        (answered, hedges)
+    }
 }
 
 /// Computes the [`IdealBound`] of `samples` (a hedging-off run's, kept with
@@ -75,7 +134,11 @@ pub fn ideal_hedged_latency(
     let usable: Vec<&QuerySample> = samples
         .iter()
         .filter(|sample| {
-            !sample.shards.is_empty() && sample.shards.iter().all(|shard| shard.attempts == 1)
+            !sample.shards.is_empty()
+                && sample
+                    .shards
+                    .iter()
+                    .all(|shard| shard.attempts == 1 && shard.fetch_attempts <= 1)
         })
         .collect();
     if usable.is_empty() {
@@ -83,27 +146,17 @@ pub fn ideal_hedged_latency(
             "no request of the hedging-off run has single-attempt shard timings".to_string(),
         );
     }
-    let mut attempts: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-    for sample in &usable {
-        for shard in &sample.shards {
-            attempts
-                .entry(shard.shard_id)
-                .or_default()
-                .push(shard.latency_us);
-        }
-    }
-    for pool in attempts.values_mut() {
-        pool.sort_unstable();
-    }
-    let delays_us: BTreeMap<u32, u64> = attempts
-        .iter()
-        .map(|(shard_id, pool)| {
-            (
-                *shard_id,
-                quantile_of_sorted(pool, 1.0 - options.hedge_rate),
-            )
-        })
-        .collect();
+    let shards = || usable.iter().flat_map(|sample| &sample.shards);
+    let search = AttemptPools::new(
+        shards().map(|shard| (shard.shard_id, shard.latency_us)),
+        options.hedge_rate,
+    );
+    let fetch = AttemptPools::new(
+        shards()
+            .filter(|shard| shard.fetch_attempts == 1)
+            .map(|shard| (shard.shard_id, shard.fetch_latency_us)),
+        options.hedge_rate,
+    );
 
     let mut latency =
         Histogram::new_with_bounds(1, MAX_RECORDED_MICROS, 3).expect("constant histogram bounds");
@@ -112,35 +165,51 @@ pub fn ideal_hedged_latency(
     let mut primaries = 0u64;
     for _ in 0..options.resamples {
         for sample in &usable {
-            let slowest_recorded = sample
-                .shards
-                .iter()
-                .map(|shard| shard.latency_us)
-                .max()
-                .unwrap_or(0);
-            let overhead = sample.latency_us.saturating_sub(slowest_recorded);
-            let mut slowest_hedged = 0u64;
+            let fetched = || {
+                sample
+                    .shards
+                    .iter()
+                    .filter(|shard| shard.fetch_attempts == 1)
+            };
+            let slowest_search = sample.shards.iter().map(|shard| shard.latency_us).max();
+            let slowest_fetch = fetched().map(|shard| shard.fetch_latency_us).max();
+            let overhead = sample
+                .latency_us
+                .saturating_sub(slowest_search.unwrap_or(0))
+                .saturating_sub(slowest_fetch.unwrap_or(0));
+            let mut hedged_search = 0u64;
             for shard in &sample.shards {
-                let pool = &attempts[&shard.shard_id];
-                let delay = delays_us[&shard.shard_id];
-                let mut answered = shard.latency_us;
-                for hedge in 1..=u64::from(options.max_hedges) {
-                    let sent_at = delay.saturating_mul(hedge);
-                    if answered <= sent_at {
-                        break;
-                    }
-                    hedges += 1;
-                    let draw = pool[random.below(pool.len() as u64) as usize];
-                    answered = answered.min(sent_at.saturating_add(draw));
-                }
+                let (answered, sent) = search.hedged(
+                    shard.shard_id,
+                    shard.latency_us,
+                    options.max_hedges,
+                    &mut random,
+                );
+                hedged_search = hedged_search.max(answered);
+                hedges += sent;
                 primaries += 1;
-                slowest_hedged = slowest_hedged.max(answered);
             }
-            latency.saturating_record(overhead.saturating_add(slowest_hedged).max(1));
+            let mut hedged_fetch = 0u64;
+            for shard in fetched() {
+                let (answered, sent) = fetch.hedged(
+                    shard.shard_id,
+                    shard.fetch_latency_us,
+                    options.max_hedges,
+                    &mut random,
+                );
+                hedged_fetch = hedged_fetch.max(answered);
+                hedges += sent;
+                primaries += 1;
+            }
+            let total = overhead
+                .saturating_add(hedged_search)
+                .saturating_add(hedged_fetch);
+            latency.saturating_record(total.max(1));
         }
     }
     Ok(IdealBound {
-        delays_us,
+        delays_us: search.delays_us,
+        fetch_delays_us: fetch.delays_us,
         latency,
         requests_used: usable.len(),
         hedges_per_call: hedges as f64 / primaries.max(1) as f64,
@@ -169,6 +238,8 @@ mod tests {
                         shard_id: 0,
                         latency_us: shard_latency,
                         attempts: 1,
+                        fetch_latency_us: 0,
+                        fetch_attempts: 0,
                     }],
                 }
             })
@@ -222,6 +293,8 @@ mod tests {
                     shard_id: 3,
                     latency_us,
                     attempts: 1,
+                    fetch_latency_us: 0,
+                    fetch_attempts: 0,
                 }],
             })
             .collect();
@@ -241,6 +314,34 @@ mod tests {
             (survival_at_750 - 0.1875).abs() < 0.01,
             "P(T > 750 µs) = {survival_at_750}"
         );
+    }
+
+    #[test]
+    fn the_fetch_phase_is_hedged_too() {
+        // Two shards; searches take 1 ms; every 50th fetch of shard 1 takes
+        // 20 ms, fetches otherwise 500 µs; the root adds 100 µs.
+        let samples: Vec<QuerySample> = (0..5_000u64)
+            .map(|index| {
+                let fetch = if index % 50 == 49 { 20_000 } else { 500 };
+                let shard = |shard_id, fetch_latency_us| ShardSample {
+                    shard_id,
+                    latency_us: 1_000,
+                    attempts: 1,
+                    fetch_latency_us,
+                    fetch_attempts: 1,
+                };
+                QuerySample {
+                    latency_us: 1_000 + fetch + 100,
+                    shards: vec![shard(0, 500), shard(1, fetch)],
+                }
+            })
+            .collect();
+        let bound = ideal_hedged_latency(&samples, options(0.02)).unwrap();
+        assert_eq!(bound.fetch_delays_us[&1], 500);
+        // A slow fetch is hedged at 500 µs and answered at 1 ms: 1 + 1 + 0.1 ms.
+        let p999 = bound.latency.value_at_quantile(0.999);
+        assert!((2_050..=2_150).contains(&p999), "p99.9 {p999} µs");
+        assert!(bound.hedges_per_call > 0.004 && bound.hedges_per_call < 0.006);
     }
 
     #[test]

@@ -138,16 +138,23 @@ pub struct CoverageReport {
     pub responses_with_coverage: u64,
     /// Of those, responses whose coverage was partial.
     pub partial_responses: u64,
-    /// Shards summed over every successful response: the primary leaf calls.
+    /// Primary leaf calls of every successful response, both phases: one per
+    /// shard for the search, one per shard holding final hits for the fetch.
     #[serde(default)]
     pub shard_calls: u64,
-    /// `ShardTiming.attempts` summed likewise: every leaf call of the first phase.
+    /// `ShardTiming.attempts + fetch_attempts` summed likewise: every leaf call.
     #[serde(default)]
     pub attempts: u64,
     /// `ShardTiming.hedges` summed over every shard of every successful response.
     pub hedges: u64,
     /// `ShardTiming.retries`, summed likewise.
     pub retries: u64,
+    /// `ShardTiming.fetch_hedges`, summed likewise (the fetch phase).
+    #[serde(default)]
+    pub fetch_hedges: u64,
+    /// `ShardTiming.fetch_retries`, summed likewise.
+    #[serde(default)]
+    pub fetch_retries: u64,
 }
 
 /// Whether the generator kept its schedule.

@@ -507,10 +507,12 @@ impl RunRecorder {
         if let Some(coverage) = outcome.coverage {
             self.coverage.responses_with_coverage += 1;
             self.coverage.partial_responses += u64::from(coverage.partial);
-            self.coverage.shard_calls += coverage.shards;
+            self.coverage.shard_calls += coverage.primary_calls;
             self.coverage.attempts += coverage.attempts;
             self.coverage.hedges += coverage.hedges;
             self.coverage.retries += coverage.retries;
+            self.coverage.fetch_hedges += coverage.fetch_hedges;
+            self.coverage.fetch_retries += coverage.fetch_retries;
         }
         self.last_measured_completion = Some(
             self.last_measured_completion

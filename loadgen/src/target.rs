@@ -165,12 +165,17 @@ pub struct LoadTarget {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResponseCoverage {
     pub partial: bool,
-    /// Shards in the response's timings: one primary leaf call each.
-    pub shards: u64,
-    /// Leaf calls of the first phase: primaries, hedges and retries.
+    /// Primary leaf calls of both phases: one per shard for the search, one
+    /// per shard holding final hits for the fetch.
+    pub primary_calls: u64,
+    /// Leaf calls of both phases: primaries, hedges and retries.
     pub attempts: u64,
+    /// Hedges and retries of the search phase.
     pub hedges: u64,
     pub retries: u64,
+    /// Hedges and retries of the fetch phase.
+    pub fetch_hedges: u64,
+    pub fetch_retries: u64,
 }
 
 /// What the root saw of one shard of one successful response.
@@ -181,6 +186,9 @@ pub struct ShardSample {
     pub latency_us: u64,
     /// Attempts sent (1 = no hedge, no retry: `latency_us` is one attempt's).
     pub attempts: u32,
+    /// The fetch phase's call to this shard, the same way (0 attempts: none).
+    pub fetch_latency_us: u64,
+    pub fetch_attempts: u32,
 }
 
 /// The outcome of one call.
@@ -223,6 +231,8 @@ impl CallOutcome {
                     shard_id: shard.shard_id,
                     latency_us: shard.latency_micros,
                     attempts: shard.attempts,
+                    fetch_latency_us: shard.fetch_latency_micros,
+                    fetch_attempts: shard.fetch_attempts,
                 })
                 .collect(),
             ..CallOutcome::ok(Some(coverage_seen(coverage, shards)))
@@ -410,10 +420,24 @@ fn shard_search_payload(query: &str, template: &RequestTemplate) -> Any {
 fn coverage_seen(coverage: Option<&Coverage>, shards: &[ShardTiming]) -> ResponseCoverage {
     ResponseCoverage {
         partial: coverage.is_some_and(|coverage| coverage.partial),
-        shards: shards.len() as u64,
-        attempts: shards.iter().map(|shard| u64::from(shard.attempts)).sum(),
+        primary_calls: shards
+            .iter()
+            .map(|shard| 1 + u64::from(shard.fetch_attempts > 0))
+            .sum(),
+        attempts: shards
+            .iter()
+            .map(|shard| u64::from(shard.attempts) + u64::from(shard.fetch_attempts))
+            .sum(),
         hedges: shards.iter().map(|shard| u64::from(shard.hedges)).sum(),
         retries: shards.iter().map(|shard| u64::from(shard.retries)).sum(),
+        fetch_hedges: shards
+            .iter()
+            .map(|shard| u64::from(shard.fetch_hedges))
+            .sum(),
+        fetch_retries: shards
+            .iter()
+            .map(|shard| u64::from(shard.fetch_retries))
+            .sum(),
     }
 }
 
@@ -474,6 +498,8 @@ mod tests {
                 attempts: 2,
                 hedges: 1,
                 retries: 0,
+                fetch_attempts: 2,
+                fetch_hedges: 1,
                 ..Default::default()
             },
             ShardTiming {
@@ -491,10 +517,12 @@ mod tests {
             coverage_seen(Some(&coverage), &shards),
             ResponseCoverage {
                 partial: true,
-                shards: 2,
-                attempts: 6,
+                primary_calls: 3,
+                attempts: 8,
                 hedges: 3,
-                retries: 1
+                retries: 1,
+                fetch_hedges: 1,
+                fetch_retries: 0,
             }
         );
         assert_eq!(coverage_seen(None, &[]), ResponseCoverage::default());

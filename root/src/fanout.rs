@@ -137,6 +137,7 @@ pub async fn fan_out_and_merge(
         .collect();
 
     let mut progress = FanOutProgress::new(shard_count, fan_out_started);
+    progress.note_probation(cluster);
     let mut enough_reason: Option<String> = None;
     let shard_deadline_passed = tokio::time::sleep_until(shard_deadline);
     tokio::pin!(shard_deadline_passed);
@@ -234,6 +235,16 @@ impl FanOutProgress {
                 })
                 .collect(),
             answers: vec![None; shard_count],
+        }
+    }
+
+    /// How many replicas of each shard are on probation as the request starts.
+    fn note_probation(&mut self, cluster: &Cluster) {
+        for (timing, shard) in self.timings.iter_mut().zip(&cluster.shards) {
+            let selector = &shard.selector;
+            timing.replicas_on_probation = (0..shard.replicas.len())
+                .filter(|index| selector.is_on_probation(*index))
+                .count() as u32;
         }
     }
 

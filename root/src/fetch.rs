@@ -157,9 +157,11 @@ pub async fn fetch_hits(
         })
         .collect();
 
+    let mut latencies: BTreeMap<u32, u64> = BTreeMap::new();
     while let Some((shard_id, positions, outcome)) = pending.next().await {
         let failure = match outcome {
             ShardCallOutcome::Answered(answer) => {
+                latencies.insert(shard_id, answer.latency.as_micros() as u64);
                 let payload = answer.response.payload.unwrap_or_default();
                 match fanout_proto::any::unpack::<FetchResponse>(&payload) {
                     Ok(response) => {
@@ -194,6 +196,11 @@ pub async fn fetch_hits(
     }
     drop(pending);
     record_fetch_counts(timings, &counters);
+    for timing in timings.iter_mut() {
+        if let Some(latency) = latencies.get(&timing.shard_id) {
+            timing.fetch_latency_micros = *latency;
+        }
+    }
 
     if failures.is_empty() {
         return Ok(hits);

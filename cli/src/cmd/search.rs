@@ -212,6 +212,8 @@ fn shard_timing_to_json(timing: &ShardTiming) -> Value {
         "fetch_hedges_won": timing.fetch_hedges_won,
         "fetch_retries": timing.fetch_retries,
         "fetch_hedges_suppressed": timing.fetch_hedges_suppressed,
+        "replicas_on_probation": timing.replicas_on_probation,
+        "fetch_latency_micros": timing.fetch_latency_micros,
     })
 }
 
@@ -326,6 +328,9 @@ fn render_shard_timing(timing: &ShardTiming) -> String {
     }
     if timing.fetch_attempts > 0 {
         details.push(render_fetch_counts(timing));
+    }
+    if timing.replicas_on_probation > 0 {
+        details.push(format!("{} on probation", timing.replicas_on_probation));
     }
     if timing.leaf_service_micros > 0 {
         details.push(format!(

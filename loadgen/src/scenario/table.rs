@@ -15,6 +15,9 @@ use crate::scenario::spec::Scenario;
 const IDEAL_RESAMPLES: u32 = 20;
 /// Error rate above which a rate does not count as sustainable.
 const SUSTAINABLE_ERROR_RATE: f64 = 0.001;
+/// The generator keeps its schedule when its launch lag p99 stays under the
+/// p99 target divided by this.
+const SUSTAINABLE_LAG_DIVISOR: u64 = 10;
 /// Achieved over offered rate below which a rate does not count as sustainable.
 const SUSTAINABLE_ACHIEVED_FRACTION: f64 = 0.95;
 
@@ -48,8 +51,12 @@ pub struct VariantRow {
     pub extra_calls: f64,
     pub hedges: u64,
     pub retries: u64,
-    /// Some round's generator fell behind its schedule.
+    /// Some round's generator fell behind its schedule (by its own threshold).
     pub generator_behind: bool,
+    /// The worst round's launch lag p99: how late the generator sent.
+    pub launch_lag_p99_us: u64,
+    /// Launches that waited for the in-flight cap, over the rounds.
+    pub in_flight_cap_waits: u64,
     /// This row over the baseline row at the same rate (1.0 = equal).
     pub vs_baseline: Option<Ratios>,
     #[serde(skip)]
@@ -156,6 +163,8 @@ impl Comparison {
                         hedges: 0,
                         retries: 0,
                         generator_behind: false,
+                        launch_lag_p99_us: 0,
+                        in_flight_cap_waits: 0,
                         vs_baseline: None,
                         histogram: Histogram::new_from(&result.outcome.latency),
                         samples: Vec::new(),
@@ -173,6 +182,10 @@ impl Comparison {
             row.shard_calls += report.coverage.shard_calls;
             row.attempts += report.coverage.attempts;
             row.generator_behind |= report.generator.behind_schedule;
+            row.launch_lag_p99_us = row
+                .launch_lag_p99_us
+                .max(report.generator.launch_lag_p99_us);
+            row.in_flight_cap_waits += report.generator.in_flight_cap_waits;
             row.histogram.add(&result.outcome.latency)?;
             row.samples.extend(result.outcome.samples);
         }
@@ -295,8 +308,10 @@ impl Comparison {
             "Latency from the intended send time, rounds merged; ratios are this variant over `{}` at the same rate (below 1 = faster).\n\n",
             self.baseline
         ));
-        out.push_str("| variant | rate (req/s) | requests | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 per round ms | extra calls | p50 ratio | p99 ratio | p99.9 ratio |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n");
+        out.push_str("| variant | rate (req/s) | requests | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 per round ms | extra calls | p50 ratio | p99 ratio | p99.9 ratio | launch lag p99 ms |\n");
+        out.push_str(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n",
+        );
         for row in &self.rows {
             let ratio = |pick: fn(&Ratios) -> f64| {
                 row.vs_baseline
@@ -309,9 +324,9 @@ impl Comparison {
                 .map(|p99| format!("{:.2}", *p99 as f64 / 1e3))
                 .collect();
             out.push_str(&format!(
-                "| {}{} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2}% | {} | {} | {} |\n",
+                "| {}{} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2}% | {} | {} | {} | {:.2} |\n",
                 row.variant,
-                if row.generator_behind { " (generator behind)" } else { "" },
+                if row.in_flight_cap_waits > 0 { " (in-flight cap hit)" } else { "" },
                 row.rate,
                 row.requests,
                 row.errors,
@@ -325,10 +340,11 @@ impl Comparison {
                 ratio(|ratios| ratios.p50),
                 ratio(|ratios| ratios.p99),
                 ratio(|ratios| ratios.p99_9),
+                row.launch_lag_p99_us as f64 / 1e3,
             ));
         }
         if !self.sustainable.is_empty() {
-            out.push_str("\nHighest sustainable rate: p99 within the target, errors under 0.1%, at least 95% of the offered rate achieved, the generator on schedule.\n\n");
+            out.push_str("\nHighest sustainable rate: p99 within the target, errors under 0.1%, at least 95% of the offered rate achieved, the generator on schedule (launch lag p99 under a tenth of the target, the in-flight cap never hit).\n\n");
             out.push_str("| variant | p99 target ms | highest rate (req/s) | p99 there ms |\n|---|---:|---:|---:|\n");
             for sustainable in &self.sustainable {
                 out.push_str(&format!(
@@ -414,5 +430,6 @@ fn sustains(row: &VariantRow, target_us: u64) -> bool {
         && row.latency.p99_us <= target_us
         && error_rate < SUSTAINABLE_ERROR_RATE
         && row.achieved_rps >= SUSTAINABLE_ACHIEVED_FRACTION * row.rate
-        && !row.generator_behind
+        && row.launch_lag_p99_us <= target_us / SUSTAINABLE_LAG_DIVISOR
+        && row.in_flight_cap_waits == 0
 }
