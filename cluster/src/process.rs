@@ -15,11 +15,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fanout_runtime::announce::parse_listening_line;
+use fanout_runtime::announce::{parse_listening_line, parse_metrics_line};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -80,11 +80,18 @@ pub struct ClusterProcess {
     child: Child,
     /// Set once the process has been seen to exit.
     exit_status: Option<ExitStatus>,
+    /// The `/metrics` endpoint the child announced (with `--metrics-listen`).
+    metrics: Arc<OnceLock<SocketAddr>>,
 }
 
 impl ClusterProcess {
     pub fn is_running(&self) -> bool {
         self.exit_status.is_none()
+    }
+
+    /// Where the child serves `GET /metrics`, once it has said so.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.get().copied()
     }
 }
 
@@ -94,6 +101,7 @@ pub struct StartingProcess {
     pid: u32,
     child: Child,
     announced: oneshot::Receiver<SocketAddr>,
+    metrics: Arc<OnceLock<SocketAddr>>,
 }
 
 /// Where a child's output (its logs on stderr, anything but the announce
@@ -194,28 +202,43 @@ impl Launcher {
         // Both pipes were requested just above, so both are present.
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        tokio::spawn(forward_stdout(stdout, role, sink.clone(), announce_sender));
+        let metrics = Arc::new(OnceLock::new());
+        tokio::spawn(forward_stdout(
+            stdout,
+            role,
+            sink.clone(),
+            announce_sender,
+            metrics.clone(),
+        ));
         tokio::spawn(forward_stderr(stderr, sink));
         Ok(StartingProcess {
             role,
             pid,
             child,
             announced,
+            metrics,
         })
     }
 }
 
-/// Reads a child's stdout: the announce line goes to `announce_sender`, every
-/// other line to `sink`.
+/// Reads a child's stdout: the announce line goes to `announce_sender`, the
+/// metrics line to `metrics`, every other line to `sink`.
 async fn forward_stdout(
     stdout: impl AsyncRead + Unpin,
     role: Role,
     sink: LineSink,
     announce_sender: oneshot::Sender<SocketAddr>,
+    metrics: Arc<OnceLock<SocketAddr>>,
 ) {
     let mut announce_sender = Some(announce_sender);
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        if let Some((_, addr)) = parse_metrics_line(&line)
+            .filter(|(announced_role, _)| *announced_role == role.subcommand())
+        {
+            let _ = metrics.set(addr);
+            continue;
+        }
         let announced_addr = parse_listening_line(&line)
             .filter(|(announced_role, _)| *announced_role == role.subcommand())
             .map(|(_, addr)| addr);
@@ -293,7 +316,11 @@ impl Cluster {
         while let Some(starting) = self.starting.first_mut() {
             let addr = wait_for_announce(starting, deadline).await?;
             let StartingProcess {
-                role, pid, child, ..
+                role,
+                pid,
+                child,
+                metrics,
+                ..
             } = self.starting.remove(0);
             self.processes.push(ClusterProcess {
                 role,
@@ -301,6 +328,7 @@ impl Cluster {
                 addr,
                 child,
                 exit_status: None,
+                metrics,
             });
         }
         Ok(())
@@ -359,6 +387,7 @@ impl Cluster {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             child: starting.child,
             exit_status: None,
+            metrics: starting.metrics,
         });
         self.processes.extend(unannounced);
         let (roots, others): (Vec<_>, Vec<_>) = self
@@ -475,6 +504,7 @@ mod tests {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 child,
                 exit_status: None,
+                metrics: Arc::default(),
             });
         }
         // Give the shell time to install its trap.

@@ -77,8 +77,13 @@ async fn up_round(
     data_dir: &Path,
     log_dir: &Path,
     name: &str,
+    metrics: bool,
 ) -> String {
-    let up = ChildProcess::start(binary, name, up_args(data_dir), log_dir, START_LIMIT)
+    let mut args = up_args(data_dir);
+    if metrics {
+        args.push("--metrics".into());
+    }
+    let up = ChildProcess::start(binary, name, args, log_dir, START_LIMIT)
         .await
         .expect("fanout up starts and announces its endpoint");
 
@@ -118,6 +123,23 @@ async fn up_round(
     );
     assert!(!coverage.partial);
 
+    if metrics {
+        let addr = up
+            .metrics_addr()
+            .expect("up --metrics announces the root's metrics endpoint");
+        let scrape = fanout_tests::metrics::scrape(addr)
+            .await
+            .expect("the root serves /metrics");
+        assert_eq!(
+            scrape.sum(
+                "fanout_root_requests_total",
+                &[("method", "search"), ("code", "OK")]
+            ),
+            1.0,
+            "the one search is counted"
+        );
+    }
+
     let children = children_of(up.pid());
     assert_eq!(
         children.len(),
@@ -156,12 +178,12 @@ async fn up_builds_serves_stops_every_child_and_reuses_its_index() {
     let scratch = ScratchDir::new(binary.scratch_root(), "up").expect("scratch folder");
     let data_dir = scratch.path().join("data");
 
-    let first = up_round(&binary, &data_dir, scratch.path(), "up-first").await;
+    let first = up_round(&binary, &data_dir, scratch.path(), "up-first", false).await;
     assert!(
         !first.contains("using the index in"),
         "the first up builds its index:\n{first}"
     );
-    let second = up_round(&binary, &data_dir, scratch.path(), "up-second").await;
+    let second = up_round(&binary, &data_dir, scratch.path(), "up-second", true).await;
     assert!(
         second.contains("using the index in"),
         "the second up reuses the index:\n{second}"

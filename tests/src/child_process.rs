@@ -80,7 +80,10 @@ impl ChildProcess {
         let stdout = child.stdout.take().expect("stdout was configured as piped");
 
         let (announced_tx, announced_rx) = tokio::sync::oneshot::channel();
-        let wants_metrics = args.iter().any(|arg| arg == "--metrics-listen");
+        // `up --metrics` announces its root's endpoint as its own.
+        let wants_metrics = args
+            .iter()
+            .any(|arg| arg == "--metrics-listen" || arg == "--metrics");
         let (metrics_tx, metrics_rx) = tokio::sync::oneshot::channel();
         let metrics_tx = wants_metrics.then_some(metrics_tx);
         let thread_name = format!("{name}-stdout");

@@ -71,6 +71,10 @@ pub struct UpArgs {
     /// Build the index again even when a previous run's index fits.
     #[arg(long, env = "FANOUT_REBUILD")]
     pub rebuild: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) from the root and every leaf,
+    /// each on a free port, listed once the cluster is up.
+    #[arg(long, env = "FANOUT_UP_METRICS")]
+    pub metrics: bool,
 }
 
 /// Validated `fanout up`.
@@ -81,6 +85,7 @@ pub struct UpPlan {
     listen: SocketAddr,
     embedded_merger: bool,
     rebuild: bool,
+    metrics: bool,
 }
 
 impl UpArgs {
@@ -103,6 +108,7 @@ impl UpArgs {
             listen: self.listen,
             embedded_merger: self.embedded_merger,
             rebuild: self.rebuild,
+            metrics: self.metrics,
         })
     }
 }
@@ -198,6 +204,13 @@ pub async fn run(plan: UpPlan, log_format: LogFormatArg) -> anyhow::Result<ExitC
     };
     print_cluster(&cluster, &ready, root_addr, plan.replicas);
     announce::announce_listening("up", root_addr);
+    if let Some(metrics) = cluster
+        .process(Role::ROOT)
+        .and_then(|root| root.metrics_addr())
+    {
+        // The root's endpoint is the cluster's: scripts find it as up's own.
+        announce::announce_metrics("up", metrics);
+    }
 
     let outcome = loop {
         tokio::select! {
@@ -249,11 +262,21 @@ async fn start_cluster(
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let leaf_count = ready.manifest.shard_count * plan.replicas;
     let search_threads = (available_cores() / leaf_count as usize).max(1);
+    let metrics_args = || {
+        let args = ["--metrics-listen", "127.0.0.1:0"].map(OsString::from);
+        if plan.metrics {
+            args.to_vec()
+        } else {
+            Vec::new()
+        }
+    };
     start_leaves(cluster, launcher, ready, plan.replicas, |_, _| {
-        vec![
+        let mut args = vec![
             OsString::from("--search-threads"),
             OsString::from(search_threads.to_string()),
-        ]
+        ];
+        args.extend(metrics_args());
+        args
     })?;
     if !plan.embedded_merger {
         start_merger(cluster, launcher)?;
@@ -261,7 +284,8 @@ async fn start_cluster(
     // Every process starts at once; their announce lines are read in turn.
     cluster.admit_all(deadline).await?;
 
-    let args = root_args(cluster, ready.manifest.shard_count, plan.listen)?;
+    let mut args = root_args(cluster, ready.manifest.shard_count, plan.listen)?;
+    args.extend(metrics_args());
     cluster.start(launcher, Role::ROOT, &args)?;
     cluster.admit_all(deadline).await?;
     let root_addr = cluster
@@ -269,7 +293,26 @@ async fn start_cluster(
         .context("the root is missing from the cluster")?
         .addr;
     wait_until_serving(root_addr, SEARCH_SERVICE_NAME, deadline).await?;
+    if plan.metrics {
+        wait_for_metrics_lines(cluster, deadline).await;
+    }
     Ok(root_addr)
+}
+
+/// The metrics line follows each child's listening line at once; waits (a
+/// little, boundedly) until every root and leaf has said where it serves.
+async fn wait_for_metrics_lines(cluster: &Cluster, deadline: Instant) {
+    let missing = || {
+        cluster
+            .processes
+            .iter()
+            .filter(|process| process.role != Role::Merger)
+            .any(|process| process.metrics_addr().is_none())
+    };
+    let limit = deadline.min(Instant::now() + Duration::from_secs(2));
+    while missing() && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The endpoint, who serves what, and commands to try.
@@ -283,6 +326,14 @@ fn print_cluster(cluster: &Cluster, ready: &ReadyIndex, root_addr: SocketAddr, r
         manifest.shard_count,
     );
     println!("  endpoint  http://{root_addr}  (root, pid {root_pid})");
+    let metrics_of = |role| {
+        cluster
+            .process(role)
+            .and_then(|process| process.metrics_addr())
+    };
+    if let Some(metrics) = metrics_of(Role::ROOT) {
+        println!("  metrics   http://{metrics}/metrics  (root)");
+    }
     match cluster.process(Role::Merger) {
         Some(merger) => println!("  merger    http://{}  (pid {})", merger.addr, merger.pid),
         None => println!("  merger    embedded in the root"),
@@ -290,7 +341,10 @@ fn print_cluster(cluster: &Cluster, ready: &ReadyIndex, root_addr: SocketAddr, r
     for shard in &manifest.shards {
         let leaves: Vec<String> = cluster
             .leaves_of_shard(shard.shard_id)
-            .map(|leaf| format!("{} (pid {})", leaf.addr, leaf.pid))
+            .map(|leaf| match leaf.metrics_addr() {
+                Some(metrics) => format!("{} (pid {}, metrics {metrics})", leaf.addr, leaf.pid),
+                None => format!("{} (pid {})", leaf.addr, leaf.pid),
+            })
             .collect();
         println!(
             "  shard {:<3} {:>8} docs  {}",
