@@ -61,6 +61,13 @@ pub struct IdealBound {
     pub hedges_per_call: f64,
 }
 
+/// Hedges the ideal sent, and the primary calls they were sent for.
+#[derive(Debug, Default)]
+struct HedgeTally {
+    hedges: u64,
+    primaries: u64,
+}
+
 /// Each shard's recorded single attempts of one phase, ascending, and the
 /// hedge delay that hedges a given fraction of them.
 struct AttemptPools {
@@ -111,6 +118,25 @@ impl AttemptPools {
             answered = answered.min(sent_at.saturating_add(draw));
         }
         (answered, hedges)
+    }
+
+    /// The slowest of one request's `calls` (shard id, recorded latency) of
+    /// this phase once each is hedged; counts into `tally`.
+    fn slowest_hedged(
+        &self,
+        calls: impl Iterator<Item = (u32, u64)>,
+        max_hedges: u32,
+        random: &mut SeededRandom,
+        tally: &mut HedgeTally,
+    ) -> u64 {
+        let mut slowest = 0;
+        for (shard_id, recorded) in calls {
+            let (answered, sent) = self.hedged(shard_id, recorded, max_hedges, random);
+            slowest = u64::max(slowest, answered);
+            tally.hedges += sent;
+            tally.primaries += 1;
+        }
+        slowest
     }
 }
 
@@ -177,30 +203,18 @@ pub fn ideal_hedged_latency(
                 .latency_us
                 .saturating_sub(slowest_search.unwrap_or(0))
                 .saturating_sub(slowest_fetch.unwrap_or(0));
-            let mut hedged_search = 0u64;
-            for shard in &sample.shards {
-                let (answered, sent) = search.hedged(
-                    shard.shard_id,
-                    shard.latency_us,
-                    options.max_hedges,
-                    &mut random,
-                );
-                hedged_search = hedged_search.max(answered);
-                hedges += sent;
-                primaries += 1;
-            }
-            let mut hedged_fetch = 0u64;
-            for shard in fetched() {
-                let (answered, sent) = fetch.hedged(
-                    shard.shard_id,
-                    shard.fetch_latency_us,
-                    options.max_hedges,
-                    &mut random,
-                );
-                hedged_fetch = hedged_fetch.max(answered);
-                hedges += sent;
-                primaries += 1;
-            }
+            let mut tally = HedgeTally::default();
+            let searches = sample
+                .shards
+                .iter()
+                .map(|shard| (shard.shard_id, shard.latency_us));
+            let hedged_search =
+                search.slowest_hedged(searches, options.max_hedges, &mut random, &mut tally);
+            let fetches = fetched().map(|shard| (shard.shard_id, shard.fetch_latency_us));
+            let hedged_fetch =
+                fetch.slowest_hedged(fetches, options.max_hedges, &mut random, &mut tally);
+            hedges += tally.hedges;
+            primaries += tally.primaries;
             let total = overhead
                 .saturating_add(hedged_search)
                 .saturating_add(hedged_fetch);
