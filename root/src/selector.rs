@@ -20,9 +20,10 @@
 //!
 //! Every attempt goes through [`AttemptRecorder`]: the one place where
 //! latency, failures and cancellations are recorded, both per replica and in
-//! the shard's latency histogram that sets the hedge delay (winners, the
-//! lower bounds of cancelled losers and of time-outs; not the instant
-//! failures of unreachable replicas, which say nothing about latency).
+//! the shard's latency histogram that sets the hedge delay (answers as
+//! latencies; cancelled losers and time-outs as censored lower bounds; not
+//! the instant failures of unreachable replicas, which say nothing about
+//! latency).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -347,11 +348,21 @@ impl ReplicaSelector {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started_at);
         let options = self.options;
-        if outcome != Some(AttemptFailure::Retryable) {
-            self.shard_latency
+        {
+            let mut shard_latency = self
+                .shard_latency
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .record(elapsed);
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match outcome {
+                None | Some(AttemptFailure::Answered) => shard_latency.record(elapsed),
+                // Given up without an answer: its latency is at least this.
+                Some(
+                    AttemptFailure::Cancelled
+                    | AttemptFailure::Overtaken
+                    | AttemptFailure::TimedOut,
+                ) => shard_latency.record_censored(elapsed),
+                Some(AttemptFailure::Retryable) => {}
+            }
         }
         self.with_load(index, |load| {
             load.outstanding = load.outstanding.saturating_sub(1);

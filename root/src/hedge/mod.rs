@@ -4,9 +4,10 @@
 //! - [`HedgePolicy`]: off, a fixed delay, or adaptive (a percentile of the
 //!   shard's recent attempt latency, between a floor and a ceiling); the
 //!   root's default comes from its flags, a request may override it.
-//! - [`latency`]: the per-shard rotating HdrHistogram, in microseconds,
-//!   fed by every attempt (winners, cancelled losers and time-outs alike,
-//!   see `selector`).
+//! - [`latency`]: the per-shard rotating HdrHistogram, in microseconds, fed
+//!   by every attempt: answers as latencies, attempts given up (cancelled
+//!   losers, time-outs) as censored lower bounds, percentiles read off the
+//!   Kaplan-Meier estimate (see `selector`).
 //! - [`budget`]: [`HedgeBudget`], the token bucket hedges and retries share.
 //! - [`timer`]: [`HedgeTimer`], which fires sub-millisecond delays on time.
 //!
