@@ -51,6 +51,6 @@ pub mod topology;
 
 pub use config::{DEFAULT_DEADLINE_MARGIN, DEFAULT_TIMEOUT, RootConfig};
 pub use error::RootError;
-pub use hedge::{HedgePolicy, HedgeSettings, HedgeTimer};
+pub use hedge::{HedgePolicy, HedgeSettings, HedgeTimer, LatencyEstimate};
 pub use server::RootServer;
 pub use topology::{ShardReplicas, Topology};

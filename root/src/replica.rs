@@ -48,6 +48,14 @@ impl ReplicaSet {
     /// that is down when the root starts does not stop the root).
     /// Must run inside a tokio runtime.
     pub fn connect_lazily(shard: &ShardReplicas) -> Result<ReplicaSet, RootError> {
+        Self::connect_lazily_with(shard, SelectorOptions::default())
+    }
+
+    /// [`connect_lazily`](Self::connect_lazily) with these selector options.
+    pub fn connect_lazily_with(
+        shard: &ShardReplicas,
+        options: SelectorOptions,
+    ) -> Result<ReplicaSet, RootError> {
         let mut replicas = Vec::with_capacity(shard.replicas.len());
         for address in &shard.replicas {
             let url = crate::topology::normalized_replica_url(address).map_err(|reason| {
@@ -80,7 +88,7 @@ impl ReplicaSet {
         }
         Ok(ReplicaSet {
             shard_id: shard.shard_id,
-            selector: ReplicaSelector::new(replicas.len(), SelectorOptions::default()),
+            selector: ReplicaSelector::new(replicas.len(), options),
             replicas,
             tower_hedge: TowerHedgeSlot::default(),
         })

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::hedge::RotatingLatencyHistogram;
+use crate::hedge::{LatencyEstimate, RotatingLatencyHistogram};
 
 /// Tuning of a [`ReplicaSelector`].
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,8 @@ pub struct SelectorOptions {
     pub probation: Duration,
     /// Rotation period of the shard's latency histogram.
     pub latency_window: Duration,
+    /// How attempts given up enter the shard's latency estimate.
+    pub latency_estimate: LatencyEstimate,
 }
 
 impl Default for SelectorOptions {
@@ -64,6 +66,7 @@ impl Default for SelectorOptions {
             probation_after: 3,
             probation: Duration::from_secs(1),
             latency_window: Duration::from_secs(10),
+            latency_estimate: LatencyEstimate::default(),
         }
     }
 }
@@ -192,7 +195,10 @@ impl ReplicaSelector {
             options,
             random_state: RandomState::new(),
             draws: AtomicU64::new(0),
-            shard_latency: Mutex::new(RotatingLatencyHistogram::new(options.latency_window)),
+            shard_latency: Mutex::new(RotatingLatencyHistogram::with_estimate(
+                options.latency_window,
+                options.latency_estimate,
+            )),
         }
     }
 

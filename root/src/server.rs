@@ -24,6 +24,7 @@ use crate::metrics::RootMetrics;
 use crate::query::QueryService;
 use crate::replica::ReplicaSet;
 use crate::search::SearchService;
+use crate::selector::SelectorOptions;
 use crate::shard_info::{ShardDocCounts, learn_doc_counts};
 use crate::topology::Topology;
 
@@ -52,10 +53,14 @@ impl RootServer {
     pub async fn new(config: RootConfig) -> Result<RootServer, RootError> {
         config.validate()?;
         let topology = Topology::validated(config.topology.shards)?;
+        let selector_options = SelectorOptions {
+            latency_estimate: config.hedge.estimate,
+            ..SelectorOptions::default()
+        };
         let shards = topology
             .shards
             .iter()
-            .map(ReplicaSet::connect_lazily)
+            .map(|shard| ReplicaSet::connect_lazily_with(shard, selector_options))
             .collect::<Result<Vec<_>, _>>()?;
         let merger =
             match &config.merger {

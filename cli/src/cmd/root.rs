@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use fanout_root::{
-    DEFAULT_DEADLINE_MARGIN, HedgePolicy, HedgeSettings, HedgeTimer, RootConfig, RootServer,
-    Topology,
+    DEFAULT_DEADLINE_MARGIN, HedgePolicy, HedgeSettings, HedgeTimer, LatencyEstimate, RootConfig,
+    RootServer, Topology,
 };
 use fanout_runtime::{announce, shutdown};
 use tokio::net::TcpListener;
@@ -67,6 +67,11 @@ pub struct RootArgs {
     /// Hedges and retries allowed per second on top of the percentage.
     #[arg(long, default_value_t = 10.0, env = "FANOUT_HEDGE_BUDGET_FLOOR")]
     pub hedge_budget_floor: f64,
+    /// How attempts given up (overtaken by a hedge, timed out) enter the
+    /// adaptive delay's latency estimate: `censored` (lower bounds,
+    /// Kaplan-Meier) or `plain` (their time until given up, as a latency).
+    #[arg(long, default_value = "censored", env = "FANOUT_HEDGE_ESTIMATE")]
+    pub hedge_estimate: LatencyEstimate,
     /// Serve Prometheus metrics on `GET /metrics` at this address (its own
     /// port; port 0 picks a free one, printed on stdout). Off by default.
     #[arg(long, value_name = "ADDR", env = "FANOUT_METRICS_LISTEN")]
@@ -108,6 +113,7 @@ impl RootArgs {
                 budget_percent: self.hedge_budget_percent,
                 budget_floor_per_second: self.hedge_budget_floor,
                 timer: HedgeTimer::Precise,
+                estimate: self.hedge_estimate,
             },
         };
         config.validate().context("bad root configuration")?;

@@ -20,6 +20,29 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+/// How attempts given up without an answer enter the estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatencyEstimate {
+    /// As censored lower bounds, percentiles from the Kaplan-Meier estimate.
+    #[default]
+    Censored,
+    /// As if their time until given up were their latency (the simpler
+    /// estimate, kept to compare against).
+    Plain,
+}
+
+impl std::str::FromStr for LatencyEstimate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "censored" => Ok(LatencyEstimate::Censored),
+            "plain" => Ok(LatencyEstimate::Plain),
+            _ => Err(format!("expected censored or plain, got {text:?}")),
+        }
+    }
+}
+
 /// The largest latency recorded (longer ones count as this).
 const HIGHEST_MICROS: u64 = 60_000_000;
 /// Fewer samples than this give no percentile.
@@ -37,10 +60,16 @@ pub struct RotatingLatencyHistogram {
     combined_censored: Histogram<u64>,
     rotated_at: Instant,
     period: Duration,
+    estimate: LatencyEstimate,
 }
 
 impl RotatingLatencyHistogram {
+    /// A histogram with the [`LatencyEstimate::Censored`] estimate.
     pub fn new(period: Duration) -> Self {
+        Self::with_estimate(period, LatencyEstimate::Censored)
+    }
+
+    pub fn with_estimate(period: Duration, estimate: LatencyEstimate) -> Self {
         // Bounds and precision are constants that hdrhistogram accepts.
         let empty = Histogram::new_with_bounds(1, HIGHEST_MICROS, 2)
             .expect("constant histogram bounds are valid");
@@ -51,6 +80,7 @@ impl RotatingLatencyHistogram {
             combined_censored: empty,
             rotated_at: Instant::now(),
             period,
+            estimate,
         }
     }
 
@@ -64,6 +94,9 @@ impl RotatingLatencyHistogram {
 
     /// An attempt given up after running `at_least` without an answer.
     pub fn record_censored(&mut self, at_least: Duration) {
+        if self.estimate == LatencyEstimate::Plain {
+            return self.record(at_least);
+        }
         self.rotate_if_due();
         let micros = clamped_micros(at_least);
         self.current_censored.saturating_record(micros);
@@ -271,6 +304,27 @@ mod tests {
         assert!((3_960..=4_040).contains(&p98), "p98 {p98} µs");
         // Left out, they would have let p98 drift down to 1 ms.
         assert_eq!(histogram.len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_plain_estimate_takes_given_up_attempts_as_latencies() {
+        let mut histogram = RotatingLatencyHistogram::with_estimate(
+            Duration::from_secs(10),
+            LatencyEstimate::Plain,
+        );
+        for _ in 0..95 {
+            histogram.record(Duration::from_millis(1));
+        }
+        for _ in 0..5 {
+            histogram.record(Duration::from_millis(10));
+        }
+        for _ in 0..50 {
+            histogram.record_censored(Duration::from_micros(100));
+        }
+        // The early drops pull p95.5 down to 1 ms (the censored estimate keeps 10 ms).
+        assert!(micros(&mut histogram, 95.5) <= 1_010);
+        assert_eq!("plain".parse(), Ok(LatencyEstimate::Plain));
+        assert!("guess".parse::<LatencyEstimate>().is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,7 @@ pub mod tower_baseline;
 use std::time::Duration;
 
 pub use budget::HedgeBudget;
-pub use latency::RotatingLatencyHistogram;
+pub use latency::{LatencyEstimate, RotatingLatencyHistogram};
 pub use timer::HedgeTimer;
 
 /// When to send a hedge.
@@ -84,6 +84,8 @@ pub struct HedgeSettings {
     /// Extra calls allowed per second regardless.
     pub budget_floor_per_second: f64,
     pub timer: HedgeTimer,
+    /// How attempts given up enter the adaptive delay's latency estimate.
+    pub estimate: LatencyEstimate,
 }
 
 impl Default for HedgeSettings {
@@ -96,6 +98,7 @@ impl Default for HedgeSettings {
             budget_percent: 5.0,
             budget_floor_per_second: 10.0,
             timer: HedgeTimer::Precise,
+            estimate: LatencyEstimate::Censored,
         }
     }
 }
