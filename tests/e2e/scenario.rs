@@ -3,11 +3,17 @@
 //! hedge, two rounds, an ideal bound) run by the real binary, which starts
 //! its own cluster. The outputs must exist, the variants must have run
 //! interleaved, and the table's figures must add up to the runs' reports.
+//! Interrupted, a scenario stops the processes it started.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
+use fanout_tests::processes::{children_of, is_alive};
 use fanout_tests::{ScratchDir, fanout_binary, workspace_root};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 fn read_json(path: &Path) -> Value {
@@ -220,4 +226,69 @@ fn a_bad_scenario_is_refused_before_anything_starts() {
         .expect("the command runs");
     assert_eq!(output.status.code(), Some(64), "{}", output.combined());
     assert!(output.stderr.contains("missing.jsonl"), "{}", output.stderr);
+}
+
+#[test]
+fn an_interrupted_scenario_stops_its_cluster() {
+    let binary = fanout_binary!();
+    let scratch =
+        ScratchDir::new(binary.scratch_root(), "scenario-interrupted").expect("scratch folder");
+    let data = workspace_root().join("data/beir-scifact");
+    let scenario = format!(
+        "name = \"interrupted\"\nrounds = 1\n[cluster]\ncorpus = \"{}\"\nid_field = \"_id\"\n\
+         shards = 1\nreplicas = 2\n[load]\nrate = 5\nwarmup = \"1s\"\nduration = \"60s\"\n\
+         queries = \"{}\"\n[[variant]]\nname = \"only\"\n",
+        data.join("corpus.jsonl.gz").display(),
+        data.join("queries.jsonl").display(),
+    );
+    let file = scratch.path().join("interrupted.toml");
+    std::fs::write(&file, scenario).expect("scenario written");
+    let mut command = binary.command();
+    command
+        .args(["loadgen".as_ref(), "scenario".as_ref(), file.as_os_str()])
+        .arg("--out")
+        .arg(scratch.path().join("out"))
+        .arg("--data-dir")
+        .arg(scratch.path().join("indexes"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("the scenario starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (up_sender, up) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("cluster 0 is up") {
+                let _ = up_sender.send(());
+            }
+        }
+    });
+    if up.recv_timeout(Duration::from_secs(120)).is_err() {
+        let _ = child.kill();
+        panic!("the scenario's cluster did not come up");
+    }
+    let children = children_of(child.id());
+    assert_eq!(
+        children.len(),
+        3,
+        "two leaves and a root run under the scenario: {children:?}"
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT is sent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the scenario can be waited for") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the scenario still runs 30 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !status.success(),
+        "an interrupted scenario is a failure: {status:?}"
+    );
+    let alive: Vec<u32> = children.into_iter().filter(|pid| is_alive(*pid)).collect();
+    assert!(alive.is_empty(), "processes left behind: {alive:?}");
 }

@@ -25,6 +25,7 @@
 //!   saw.
 //! - [`beir`]: BEIR relevance collections (SciFact): judged queries and qrels.
 //! - [`ndcg`]: nDCG@k with graded gains and a log2 discount.
+//! - [`processes`]: children and liveness of pids, from `/proc`.
 //! - [`time_limit`]: [`within`], so that no await in a test can hang.
 
 pub mod beir;
@@ -36,6 +37,7 @@ pub mod index_fixture;
 pub mod leaf_stats;
 pub mod metrics;
 pub mod ndcg;
+pub mod processes;
 pub mod scratch;
 pub mod time_limit;
 

@@ -117,9 +117,12 @@ pub async fn run_scenario(
         .collect::<anyhow::Result<_>>()?;
 
     let mut clusters: Vec<RunningCluster> = Vec::new();
-    let started = start_clusters(scenario, options, &logs_dir, &mut clusters).await;
-    let outcome = match started {
-        Ok(variant_cluster) => {
+    // The children run in process groups of their own (a Ctrl-C reaches this
+    // process alone): on SIGINT or SIGTERM, stop them before leaving.
+    let outcome = {
+        let work = async {
+            let variant_cluster =
+                start_clusters(scenario, options, &logs_dir, &mut clusters).await?;
             run_rounds(
                 scenario,
                 options,
@@ -130,8 +133,11 @@ pub async fn run_scenario(
                 &queries,
             )
             .await
+        };
+        tokio::select! {
+            outcome = work => outcome,
+            signal = stop_signal() => Err(anyhow::anyhow!("{signal}: the scenario was interrupted")),
         }
-        Err(error) => Err(error),
     };
     for cluster in &mut clusters {
         cluster.processes.stop(STOP_GRACE).await;
@@ -151,6 +157,22 @@ pub async fn run_scenario(
         Some(&format!("{}: latency by percentile", scenario.name)),
     )?;
     Ok(comparison)
+}
+
+/// The name of the first SIGINT or SIGTERM; pending forever if neither can
+/// be listened for.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 fn load_queries(load: &LoadSpec) -> anyhow::Result<QuerySet> {
