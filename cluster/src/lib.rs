@@ -7,11 +7,13 @@
 //!   announced addresses, forwarding or filing their output, stopping them.
 //! - [`local`]: the usual shape: S x R leaves and a merger first, then roots
 //!   pointed at them, each waited for until `grpc.health.v1` says SERVING.
+//! - [`signals`]: the stop signals the parent must hear to stop its children.
 //! - [`workspace`]: the workspace's bundled data and index cache.
 
 pub mod index;
 pub mod local;
 pub mod process;
+pub mod signals;
 pub mod workspace;
 
 pub use index::{IndexSource, ReadyIndex, ensure_index};

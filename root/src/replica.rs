@@ -94,3 +94,18 @@ impl ReplicaSet {
         })
     }
 }
+
+impl ReplicaSet {
+    /// Shard 0 over `count` replicas at unused loopback ports, never
+    /// connected: for unit tests that call through a fake `execute`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(count: usize) -> ReplicaSet {
+        let shard = ShardReplicas {
+            shard_id: 0,
+            replicas: (1..=count)
+                .map(|port| format!("127.0.0.1:{port}"))
+                .collect(),
+        };
+        ReplicaSet::connect_lazily(&shard).expect("loopback addresses are valid")
+    }
+}

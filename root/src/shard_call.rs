@@ -511,7 +511,6 @@ mod tests {
         use super::super::*;
         use crate::hedge::HedgeTimer;
         use crate::metrics::{RootMetrics, ShardPhase};
-        use crate::topology::ShardReplicas;
         use std::sync::Mutex;
 
         #[derive(Clone, Copy)]
@@ -533,16 +532,6 @@ mod tests {
                     self.0.dropped.lock().unwrap().push(self.1);
                 }
             }
-        }
-
-        fn replica_set(count: usize) -> ReplicaSet {
-            let shard = ShardReplicas {
-                shard_id: 0,
-                replicas: (1..=count)
-                    .map(|port| format!("127.0.0.1:{port}"))
-                    .collect(),
-            };
-            ReplicaSet::connect_lazily(&shard).unwrap()
         }
 
         fn settings(policy: HedgePolicy) -> (HedgeSettings, HedgePolicy) {
@@ -651,7 +640,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn a_hedge_goes_out_exactly_at_the_delay_and_the_winner_cancels_the_loser() {
-            let replicas = replica_set(2);
+            let replicas = ReplicaSet::for_tests(2);
             let budget = HedgeBudget::new(5.0, 10.0);
             let fakes = [Fake::AnswersAfter(ms(100)), Fake::AnswersAfter(ms(3))];
             let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
@@ -675,7 +664,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn no_hedge_before_the_delay() {
-            let replicas = replica_set(2);
+            let replicas = ReplicaSet::for_tests(2);
             let budget = HedgeBudget::new(5.0, 10.0);
             let fakes = [Fake::AnswersAfter(ms(9)), Fake::AnswersAfter(ms(1))];
             let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
@@ -697,7 +686,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn up_to_r_minus_1_hedges_each_to_a_replica_not_yet_tried() {
-            let replicas = replica_set(3);
+            let replicas = ReplicaSet::for_tests(3);
             let budget = HedgeBudget::new(5.0, 10.0);
             let fakes = [Fake::AnswersAfter(ms(100)); 3];
             let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
@@ -723,7 +712,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn an_empty_budget_suppresses_hedges_and_retries() {
-            let replicas = replica_set(2);
+            let replicas = ReplicaSet::for_tests(2);
             let budget = HedgeBudget::new(0.0, 0.0);
             assert!(budget.try_spend(), "the one starting token");
             let fakes = [Fake::AnswersAfter(ms(50)), Fake::AnswersAfter(ms(1))];
@@ -747,7 +736,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn a_retryable_failure_is_retried_on_another_replica_within_budget() {
-            let replicas = replica_set(2);
+            let replicas = ReplicaSet::for_tests(2);
             let budget = HedgeBudget::new(5.0, 10.0);
             let fakes = [Fake::Unavailable, Fake::AnswersAfter(ms(2))];
             let run = run(&replicas, &fakes, HedgePolicy::Adaptive, &budget).await;
@@ -761,7 +750,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn the_adaptive_delay_follows_the_shard_percentile() {
-            let replicas = replica_set(2);
+            let replicas = ReplicaSet::for_tests(2);
             let budget = HedgeBudget::new(100.0, 1000.0);
             // Before enough samples the delay is the ceiling (500 ms).
             let fakes = [Fake::AnswersAfter(ms(3)); 2];

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fanout_cluster::signals::StopSignals;
 use fanout_cluster::workspace::{default_data_dir, find_in_workspace, workspace_root};
 use fanout_cluster::{
     ChildOutput, Cluster, IndexSource, Launcher, ReadyIndex, Role, SEARCH_SERVICE_NAME,
     current_executable, ensure_index, root_args, start_leaves, start_merger, wait_until_serving,
 };
 use fanout_runtime::announce;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::cmd::{LogFormatArg, available_cores, human, index};
@@ -125,34 +125,6 @@ fn resolve_in_workspace(path: &Path) -> anyhow::Result<PathBuf> {
             root.display()
         ),
         None => bail!("--corpus {} is not a readable file", path.display()),
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP, listened for from the start: a signal that
-/// arrived before anyone listened would kill `up` and orphan its children.
-struct StopSignals {
-    interrupt: Signal,
-    terminate: Signal,
-    hangup: Signal,
-}
-
-impl StopSignals {
-    fn register() -> anyhow::Result<StopSignals> {
-        let listen = |kind| signal(kind).context("cannot listen for signals");
-        Ok(StopSignals {
-            interrupt: listen(SignalKind::interrupt())?,
-            terminate: listen(SignalKind::terminate())?,
-            hangup: listen(SignalKind::hangup())?,
-        })
-    }
-
-    /// The name of the next stop signal.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.hangup.recv() => "SIGHUP",
-        }
     }
 }
 

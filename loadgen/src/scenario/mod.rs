@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use fanout_cluster::signals::StopSignals;
 use fanout_cluster::{
     ChildOutput, Cluster, IndexSource, LEAF_SERVICE_NAME, Launcher, MERGER_SERVICE_NAME,
     ReadyIndex, Role, SEARCH_SERVICE_NAME, ensure_index, root_args, start_leaves, start_merger,
@@ -116,9 +117,9 @@ pub async fn run_scenario(
         .map(|variant| load_queries(&variant.load))
         .collect::<anyhow::Result<_>>()?;
 
+    // Before any child starts: on SIGINT, SIGTERM or SIGHUP, stop them all.
+    let mut signals = StopSignals::register()?;
     let mut clusters: Vec<RunningCluster> = Vec::new();
-    // The children run in process groups of their own (a Ctrl-C reaches this
-    // process alone): on SIGINT or SIGTERM, stop them before leaving.
     let outcome = {
         let work = async {
             let variant_cluster =
@@ -136,7 +137,7 @@ pub async fn run_scenario(
         };
         tokio::select! {
             outcome = work => outcome,
-            signal = stop_signal() => Err(anyhow::anyhow!("{signal}: the scenario was interrupted")),
+            signal = signals.recv() => Err(anyhow::anyhow!("{signal}: the scenario was interrupted")),
         }
     };
     for cluster in &mut clusters {
@@ -157,22 +158,6 @@ pub async fn run_scenario(
         Some(&format!("{}: latency by percentile", scenario.name)),
     )?;
     Ok(comparison)
-}
-
-/// The name of the first SIGINT or SIGTERM; pending forever if neither can
-/// be listened for.
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        },
-        _ => std::future::pending().await,
-    }
 }
 
 fn load_queries(load: &LoadSpec) -> anyhow::Result<QuerySet> {
@@ -446,8 +431,8 @@ async fn connect(variant: &Variant, addr: SocketAddr) -> anyhow::Result<LoadTarg
         .with_context(|| format!("cannot connect to variant {}'s target", variant.name))
 }
 
-/// Checks that `path` names a scenario whose variants are all runnable here
-/// (files present), without starting anything.
+/// Checks that every variant's corpus and queries are readable files,
+/// without starting anything.
 pub fn check_files(scenario: &Scenario) -> anyhow::Result<()> {
     for variant in &scenario.variants {
         let corpus = &variant.cluster.leaves.corpus;

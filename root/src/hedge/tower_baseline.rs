@@ -346,22 +346,11 @@ async fn retry_without_hedging<'a>(
 mod tests {
     use super::*;
     use crate::hedge::{HedgeBudget, HedgeSettings, HedgeTimer};
-    use crate::topology::ShardReplicas;
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
 
     fn ms(millis: u64) -> Duration {
         Duration::from_millis(millis)
-    }
-
-    fn replica_set(count: usize) -> ReplicaSet {
-        let shard = ShardReplicas {
-            shard_id: 0,
-            replicas: (1..=count)
-                .map(|port| format!("127.0.0.1:{port}"))
-                .collect(),
-        };
-        ReplicaSet::connect_lazily(&shard).unwrap()
     }
 
     /// A fake leaf: call number `n` (over the whole test) answers after
@@ -467,7 +456,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_call_is_hedged_once_the_previous_period_holds_enough_data_points() {
-        let replicas = replica_set(2);
+        let replicas = ReplicaSet::for_tests(2);
         let budget = HedgeBudget::new(0.0, 0.0);
         // Call 30 and call 31 are the slow primaries; every other call
         // answers in 2 ms.
@@ -511,7 +500,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_retryable_failure_falls_back_to_a_retry_within_budget() {
-        let replicas = replica_set(2);
+        let replicas = ReplicaSet::for_tests(2);
         let budget = HedgeBudget::new(5.0, 10.0);
         let leaf = FakeLeaf::new(|number| (number > 0).then_some(ms(3)));
         let run = call(&replicas, &leaf, &budget).await;
@@ -524,7 +513,7 @@ mod tests {
         assert_eq!(count(&run.counters.hedges), 0);
         assert_eq!(budget.spent(), 1);
 
-        let replicas = replica_set(2);
+        let replicas = ReplicaSet::for_tests(2);
         let empty = HedgeBudget::new(0.0, 0.0);
         assert!(empty.try_spend(), "the one starting token");
         let down = FakeLeaf::new(|_| None);
