@@ -59,6 +59,49 @@ impl Scrape {
     }
 }
 
+/// The root's `fanout_root_replica_calls_total` per replica address of
+/// `shard`, scraped from its metrics endpoint `metrics`.
+pub async fn replica_calls(metrics: SocketAddr, shard: u32) -> BTreeMap<String, f64> {
+    let scraped = scrape(metrics).await.expect("the root's metrics scrape");
+    scraped
+        .samples
+        .iter()
+        .filter(|sample| {
+            sample.name == "fanout_root_replica_calls_total"
+                && sample.labels.get("shard") == Some(&shard.to_string())
+        })
+        .map(|sample| {
+            let replica = sample.labels.get("replica").cloned().unwrap_or_default();
+            (replica, sample.value)
+        })
+        .collect()
+}
+
+/// Waits, polling every 250 ms, until `check(before, now)` holds of
+/// [`replica_calls`] of `shard`; fails naming `what` after `limit`. Returns
+/// how long it took.
+pub async fn until_replica_calls(
+    metrics: SocketAddr,
+    shard: u32,
+    limit: std::time::Duration,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, f64>, &BTreeMap<String, f64>) -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let before = replica_calls(metrics, shard).await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now = replica_calls(metrics, shard).await;
+        if check(&before, &now) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} within {limit:?}: calls were {before:?}, are {now:?}"
+        );
+    }
+}
+
 /// `GET /metrics` from `addr`: checks the status and content type, parses
 /// the body.
 pub async fn scrape(addr: SocketAddr) -> anyhow::Result<Scrape> {
