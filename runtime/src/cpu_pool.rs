@@ -3,11 +3,21 @@
 //! await a oneshot. If the caller has gone (its future was dropped, say a
 //! cancelled gRPC call) before the work starts, the work is skipped; work
 //! already running can poll [`Cancellation::is_cancelled`] and stop early.
+//!
+//! Work that panics costs its caller an error ([`TaskGone`]), not the
+//! process: rayon aborts on a panic in a spawned job, so every job runs
+//! under `catch_unwind`, and the panic is logged and counted
+//! ([`CpuPoolStats::panicked`]). The work is read-only over state that
+//! outlives it (a shard's searcher), so nothing is left half-changed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::oneshot;
+
+/// Stack of each worker: recursive work (parsing a query, walking its tree)
+/// has room well beyond what the query limits let through.
+pub const WORKER_STACK_BYTES: usize = 16 * 1024 * 1024;
 
 /// A rayon pool plus counters of what happened to the work sent to it.
 #[derive(Clone)]
@@ -27,6 +37,8 @@ pub struct CpuPoolStats {
     pub skipped: AtomicU64,
     /// Completed tasks whose caller was gone when they finished: wasted work.
     pub abandoned: AtomicU64,
+    /// Tasks that panicked (their callers got [`TaskGone`]).
+    pub panicked: AtomicU64,
 }
 
 /// The caller went away before the work finished.
@@ -47,11 +59,13 @@ impl<T> Cancellation<'_, T> {
 }
 
 impl CpuPool {
-    /// A pool of `threads` workers named `{name}-{index}`.
+    /// A pool of `threads` workers named `{name}-{index}`, each with a stack
+    /// of [`WORKER_STACK_BYTES`].
     pub fn new(name: &str, threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
         let name = name.to_owned();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
+            .stack_size(WORKER_STACK_BYTES)
             .thread_name(move |index| format!("{name}-{index}"))
             .build()?;
         Ok(Self {
@@ -85,7 +99,23 @@ impl CpuPool {
                 stats.skipped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let output = work(&Cancellation { sender: &sender });
+            let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                work(&Cancellation { sender: &sender })
+            }));
+            let output = match output {
+                Ok(output) => output,
+                Err(panic) => {
+                    stats.panicked.fetch_add(1, Ordering::Relaxed);
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|message| (*message).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(%message, "cpu pool work panicked; its caller gets an error");
+                    // Dropping the sender answers the caller with TaskGone.
+                    return;
+                }
+            };
             // Counted before the send, so a caller that sees the output also sees the count.
             stats.completed.fetch_add(1, Ordering::Relaxed);
             if sender.send(output).is_err() {
@@ -115,6 +145,15 @@ mod tests {
         let pool = CpuPool::new("test", 1).unwrap();
         assert_eq!(pool.run(|_| 6 * 7).await, Ok(42));
         assert_eq!(pool.stats().completed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn work_that_panics_is_an_error_and_the_pool_goes_on() {
+        let pool = CpuPool::new("test", 1).unwrap();
+        let panicked = pool.run(|_| -> u32 { panic!("a bug in the work") }).await;
+        assert_eq!(panicked, Err(TaskGone));
+        assert_eq!(pool.run(|_| 7).await, Ok(7), "the worker survived");
+        assert_eq!(pool.stats().panicked.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

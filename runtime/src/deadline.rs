@@ -1,6 +1,7 @@
 //! The caller's deadline travels as the `grpc-timeout` header: an integer of at
 //! most 8 digits and a unit (`H`ours, `M`inutes, `S`econds, `m`illis, `u`micros,
-//! `n`anos). The root reads it, keeps a margin, and passes the rest on.
+//! `n`anos). The root reads it, keeps a margin, and passes the rest on (tonic
+//! encodes it from `Request::set_timeout`).
 
 use std::time::Duration;
 
@@ -52,28 +53,6 @@ pub fn timeout_from_metadata(metadata: &MetadataMap) -> Result<Option<Duration>,
     parse_grpc_timeout(text).map(Some)
 }
 
-/// Encodes a duration as a `grpc-timeout` value, rounding up to the unit so a
-/// deadline is never shortened by encoding.
-pub fn encode_grpc_timeout(duration: Duration) -> String {
-    const MAX: u128 = 99_999_999;
-    let nanos = duration.as_nanos();
-    let units: [(u128, &str); 6] = [
-        (1, "n"),
-        (1_000, "u"),
-        (1_000_000, "m"),
-        (1_000_000_000, "S"),
-        (60_000_000_000, "M"),
-        (3_600_000_000_000, "H"),
-    ];
-    for (per_unit, unit) in units {
-        let amount = nanos.div_ceil(per_unit);
-        if amount <= MAX {
-            return format!("{amount}{unit}");
-        }
-    }
-    format!("{MAX}H")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,21 +92,5 @@ mod tests {
             timeout_from_metadata(&metadata).unwrap(),
             Some(Duration::from_millis(250))
         );
-    }
-
-    #[test]
-    fn encoding_round_trips_and_never_shortens() {
-        for duration in [
-            Duration::from_nanos(1),
-            Duration::from_micros(1500),
-            Duration::from_millis(250),
-            Duration::from_secs(30),
-            Duration::from_secs(500_000),
-        ] {
-            let decoded = parse_grpc_timeout(&encode_grpc_timeout(duration)).unwrap();
-            assert!(decoded >= duration, "{duration:?} encoded as {decoded:?}");
-        }
-        assert_eq!(encode_grpc_timeout(Duration::from_millis(250)), "250000u");
-        assert_eq!(encode_grpc_timeout(Duration::from_secs(200)), "200000m");
     }
 }

@@ -2,27 +2,29 @@
 //! text exposition format 0.0.4, for operators to scrape what the services
 //! otherwise only report per response or in logs.
 //!
-//! Cheap on the hot path: a [`Counter`], [`Gauge`] or [`Histogram`] is a
-//! handle to atomics. A family's label sets are created once (per shard, per
-//! replica, per status code), when the service starts, and the handles kept;
-//! counting is then one relaxed atomic add, with no lock and no lookup.
-//! Values the service already keeps (a token bucket's level, a selector's
-//! outstanding calls) are read at scrape time instead, through a collector
-//! closure ([`Registry::gauge_fn`], [`Registry::counter_fn`]), so the hot
-//! path is not touched at all.
+//! A thin layer over the `prometheus` crate (default features off: no
+//! protobuf, no global registry), with what fanout's services need of it:
 //!
-//! Hand-rolled rather than a crate: the format is small, the services need
-//! only these three types, and a metrics crate would bring a global registry
-//! and macros the rest of the code does not use.
+//! - Cheap on the hot path: a [`Counter`], [`Gauge`] or [`Histogram`] is a
+//!   handle to atomics. A family's label sets are created once (per shard,
+//!   per replica, per status code), when the service starts, and the handles
+//!   kept; counting is then one relaxed atomic add, with no lock and no lookup.
+//! - Values the service already keeps (a token bucket's level, a selector's
+//!   outstanding calls) are read at scrape time instead, through a collector
+//!   closure ([`Registry::gauge_fn`], [`Registry::counter_fn`]), so the hot
+//!   path is not touched at all.
 //!
 //! Names and label names are constants of the code: a bad one, a duplicate
 //! family, or a label set of the wrong length is a programming error and
 //! panics at registration.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{
+    Counter as CounterValue, Gauge as GaugeValue, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, HistogramOpts, Opts, TextEncoder};
 use tonic::Code;
 
 /// The `Content-Type` of [`Registry::render`]'s output.
@@ -57,231 +59,171 @@ pub const GRPC_CODES: [Code; 17] = [
     Code::Unauthenticated,
 ];
 
-/// The metric type, as `# TYPE` spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl MetricKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            MetricKind::Counter => "counter",
-            MetricKind::Gauge => "gauge",
-            MetricKind::Histogram => "histogram",
-        }
-    }
-}
-
 /// A monotonically increasing count.
-#[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<AtomicU64>);
+#[derive(Debug, Clone)]
+pub struct Counter(prometheus::IntCounter);
 
 impl Counter {
     pub fn inc(&self) {
-        self.add(1);
+        self.0.inc();
     }
 
     pub fn add(&self, amount: u64) {
-        self.0.fetch_add(amount, Ordering::Relaxed);
+        self.0.inc_by(amount);
     }
 
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
-/// A value that goes up and down (an `f64` in an atomic's bits).
-#[derive(Debug, Clone, Default)]
-pub struct Gauge(Arc<AtomicU64>);
+/// A value that goes up and down.
+#[derive(Debug, Clone)]
+pub struct Gauge(prometheus::Gauge);
 
 impl Gauge {
     pub fn set(&self, value: f64) {
-        self.0.store(value.to_bits(), Ordering::Relaxed);
+        self.0.set(value);
     }
 
     pub fn add(&self, amount: f64) {
-        add_f64(&self.0, amount);
+        self.0.add(amount);
     }
 
     pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
+        self.0.get()
     }
 }
 
 /// Observations counted into fixed buckets, plus their sum.
 #[derive(Debug, Clone)]
-pub struct Histogram(Arc<HistogramCore>);
-
-#[derive(Debug)]
-struct HistogramCore {
-    /// Upper bounds, ascending, without `+Inf`.
-    bounds: Arc<[f64]>,
-    /// Per bucket (not cumulative); the last one is `+Inf`.
-    counts: Box<[AtomicU64]>,
-    sum_bits: AtomicU64,
-}
+pub struct Histogram(prometheus::Histogram);
 
 impl Histogram {
-    fn new(bounds: Arc<[f64]>) -> Histogram {
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Histogram(Arc::new(HistogramCore {
-            bounds,
-            counts,
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-        }))
-    }
-
     /// Counts `value` in the first bucket whose bound is at least `value`.
     /// NaN is ignored: it belongs to no bucket.
     pub fn observe(&self, value: f64) {
-        if value.is_nan() {
-            return;
+        if !value.is_nan() {
+            self.0.observe(value);
         }
-        let core = &self.0;
-        let bucket = core.bounds.partition_point(|bound| *bound < value);
-        core.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        add_f64(&core.sum_bits, value);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0
-            .counts
-            .iter()
-            .map(|count| count.load(Ordering::Relaxed))
-            .sum()
+        self.0.get_sample_count()
     }
 
     /// The sum of the observations so far.
     pub fn sum(&self) -> f64 {
-        f64::from_bits(self.0.sum_bits.load(Ordering::Relaxed))
+        self.0.get_sample_sum()
     }
 }
 
-fn add_f64(bits: &AtomicU64, amount: f64) {
-    // The closure always returns Some, so this never fails.
-    let _ = bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
-        Some((f64::from_bits(current) + amount).to_bits())
-    });
-}
-
-/// What every family has: name, help, type and label names.
+/// Metrics sharing a name, one per label set.
 #[derive(Debug)]
-struct Descriptor {
+pub struct Family<V> {
     name: String,
-    help: String,
-    kind: MetricKind,
-    label_names: Vec<String>,
-}
-
-impl Descriptor {
-    fn new(name: &str, help: &str, kind: MetricKind, label_names: &[&str]) -> Descriptor {
-        assert!(is_metric_name(name), "bad metric name {name:?}");
-        for label in label_names {
-            assert!(
-                is_label_name(label) && !label.starts_with("__"),
-                "bad label name {label:?} of {name}"
-            );
-            assert!(
-                !(kind == MetricKind::Histogram && *label == "le"),
-                "a histogram cannot have a label named le ({name})"
-            );
-        }
-        Descriptor {
-            name: name.to_owned(),
-            help: help.to_owned(),
-            kind,
-            label_names: label_names
-                .iter()
-                .map(|label| (*label).to_owned())
-                .collect(),
-        }
-    }
-
-    fn check_values(&self, values: &[&str]) {
-        assert_eq!(
-            values.len(),
-            self.label_names.len(),
-            "{} has labels {:?}, got values {values:?}",
-            self.name,
-            self.label_names
-        );
-    }
-
-    fn write_header(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(&self.help));
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind.as_str());
-    }
-}
-
-/// One family of a kind of handle: the label sets made so far, in order.
-pub struct Family<M> {
-    descriptor: Descriptor,
-    children: Mutex<Vec<(Vec<String>, M)>>,
-    make: Box<dyn Fn() -> M + Send + Sync>,
-}
-
-impl<M> std::fmt::Debug for Family<M> {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Family")
-            .field("name", &self.descriptor.name)
-            .field("label_names", &self.descriptor.label_names)
-            .finish()
-    }
+    label_count: usize,
+    vec: V,
 }
 
 /// Counters sharing a name, one per label set.
-pub type CounterFamily = Family<Counter>;
+pub type CounterFamily = Family<prometheus::IntCounterVec>;
 /// Gauges sharing a name, one per label set.
-pub type GaugeFamily = Family<Gauge>;
+pub type GaugeFamily = Family<prometheus::GaugeVec>;
 /// Histograms sharing a name and buckets, one per label set.
-pub type HistogramFamily = Family<Histogram>;
+pub type HistogramFamily = Family<prometheus::HistogramVec>;
 
-impl<M: Clone> Family<M> {
+impl<V> Family<V> {
+    fn check_values(&self, values: &[&str]) {
+        assert_eq!(
+            values.len(),
+            self.label_count,
+            "{} has {} labels, got values {values:?}",
+            self.name,
+            self.label_count
+        );
+    }
+}
+
+/// Handles of a family made for one label set.
+pub trait FamilyHandle {
+    type Handle;
+    fn handle(&self, values: &[&str]) -> Self::Handle;
+}
+
+impl FamilyHandle for prometheus::IntCounterVec {
+    type Handle = Counter;
+    fn handle(&self, values: &[&str]) -> Counter {
+        Counter(self.with_label_values(values))
+    }
+}
+
+impl FamilyHandle for prometheus::GaugeVec {
+    type Handle = Gauge;
+    fn handle(&self, values: &[&str]) -> Gauge {
+        Gauge(self.with_label_values(values))
+    }
+}
+
+impl FamilyHandle for prometheus::HistogramVec {
+    type Handle = Histogram;
+    fn handle(&self, values: &[&str]) -> Histogram {
+        Histogram(self.with_label_values(values))
+    }
+}
+
+impl<V: FamilyHandle> Family<V> {
     /// The handle for these label values (in the order of the label names),
     /// created on first use. Call it when the service starts and keep the
     /// handle: it takes a lock.
-    pub fn with(&self, values: &[&str]) -> M {
-        self.descriptor.check_values(values);
-        let mut children = lock(&self.children);
-        if let Some((_, metric)) = children
-            .iter()
-            .find(|(labels, _)| labels.iter().map(String::as_str).eq(values.iter().copied()))
-        {
-            return metric.clone();
-        }
-        let metric = (self.make)();
-        children.push((
-            values.iter().map(|value| (*value).to_owned()).collect(),
-            metric.clone(),
-        ));
-        metric
+    pub fn with(&self, values: &[&str]) -> V::Handle {
+        self.check_values(values);
+        self.vec.handle(values)
     }
 }
 
 /// Samples a collector closure reports at scrape time.
 pub struct Samples<'a> {
-    descriptor: &'a Descriptor,
-    out: &'a mut String,
+    label_names: &'a [String],
+    metrics: Vec<Metric>,
+    kind: MetricType,
 }
 
 impl Samples<'_> {
     /// One sample: label values in the order of the label names, and its value.
     pub fn sample(&mut self, values: &[&str], value: f64) {
-        self.descriptor.check_values(values);
-        write_sample(
-            self.out,
-            &self.descriptor.name,
-            "",
-            &self.descriptor.label_names,
-            values,
-            None,
-            &format_value(value),
+        assert_eq!(
+            values.len(),
+            self.label_names.len(),
+            "a sample of labels {:?} got values {values:?}",
+            self.label_names
         );
+        let labels = self
+            .label_names
+            .iter()
+            .zip(values)
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name(name.clone());
+                pair.set_value((*value).to_owned());
+                pair
+            })
+            .collect();
+        let mut metric = Metric::from_label(labels);
+        match self.kind {
+            MetricType::COUNTER => {
+                let mut counter = CounterValue::default();
+                counter.set_value(value);
+                metric.set_counter(counter);
+            }
+            _ => {
+                let mut gauge = GaugeValue::default();
+                gauge.set_value(value);
+                metric.set_gauge(gauge);
+            }
+        }
+        self.metrics.push(metric);
     }
 }
 
@@ -289,119 +231,44 @@ type Collect = Box<dyn Fn(&mut Samples<'_>) + Send + Sync>;
 
 /// A family whose samples a closure reads at scrape time.
 struct CollectedFamily {
-    descriptor: Descriptor,
+    desc: Desc,
+    kind: MetricType,
+    label_names: Vec<String>,
     collect: Collect,
 }
 
-/// Anything the registry can render.
-trait Render: Send + Sync {
-    fn name(&self) -> &str;
-    fn render(&self, out: &mut String);
-}
-
-impl Render for Family<Counter> {
-    fn name(&self) -> &str {
-        &self.descriptor.name
+impl Collector for CollectedFamily {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
     }
 
-    fn render(&self, out: &mut String) {
-        self.descriptor.write_header(out);
-        for (values, counter) in lock(&self.children).iter() {
-            write_family_sample(out, &self.descriptor, values, &counter.get().to_string());
-        }
-    }
-}
-
-impl Render for Family<Gauge> {
-    fn name(&self) -> &str {
-        &self.descriptor.name
-    }
-
-    fn render(&self, out: &mut String) {
-        self.descriptor.write_header(out);
-        for (values, gauge) in lock(&self.children).iter() {
-            write_family_sample(out, &self.descriptor, values, &format_value(gauge.get()));
-        }
-    }
-}
-
-impl Render for Family<Histogram> {
-    fn name(&self) -> &str {
-        &self.descriptor.name
-    }
-
-    fn render(&self, out: &mut String) {
-        let descriptor = &self.descriptor;
-        descriptor.write_header(out);
-        for (values, histogram) in lock(&self.children).iter() {
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            let core = &histogram.0;
-            let mut cumulative = 0_u64;
-            for (index, count) in core.counts.iter().enumerate() {
-                cumulative += count.load(Ordering::Relaxed);
-                let le = core
-                    .bounds
-                    .get(index)
-                    .map_or_else(|| "+Inf".to_owned(), |bound| format_value(*bound));
-                write_sample(
-                    out,
-                    &descriptor.name,
-                    "_bucket",
-                    &descriptor.label_names,
-                    &values,
-                    Some(&le),
-                    &cumulative.to_string(),
-                );
-            }
-            let sum = format_value(histogram.sum());
-            write_sample(
-                out,
-                &descriptor.name,
-                "_sum",
-                &descriptor.label_names,
-                &values,
-                None,
-                &sum,
-            );
-            // The +Inf bucket, so that _count always equals it even while
-            // observations land during the scrape.
-            write_sample(
-                out,
-                &descriptor.name,
-                "_count",
-                &descriptor.label_names,
-                &values,
-                None,
-                &cumulative.to_string(),
-            );
-        }
-    }
-}
-
-impl Render for CollectedFamily {
-    fn name(&self) -> &str {
-        &self.descriptor.name
-    }
-
-    fn render(&self, out: &mut String) {
-        self.descriptor.write_header(out);
+    fn collect(&self) -> Vec<MetricFamily> {
         let mut samples = Samples {
-            descriptor: &self.descriptor,
-            out,
+            label_names: &self.label_names,
+            metrics: Vec::new(),
+            kind: self.kind,
         };
         (self.collect)(&mut samples);
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(self.kind);
+        family.set_metric(samples.metrics);
+        vec![family]
     }
 }
 
-/// The metrics of one process, rendered in registration order.
+/// The families of one service.
 #[derive(Default)]
 pub struct Registry {
-    families: Mutex<Vec<Arc<dyn Render>>>,
+    inner: prometheus::Registry,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = lock(&self.families)
+        let names: Vec<String> = self
+            .inner
+            .gather()
             .iter()
             .map(|family| family.name().to_owned())
             .collect();
@@ -417,6 +284,12 @@ impl Registry {
         Registry::default()
     }
 
+    fn register(&self, collector: Box<dyn Collector>, name: &str) {
+        if let Err(error) = self.inner.register(collector) {
+            panic!("cannot register metric {name}: {error}");
+        }
+    }
+
     /// A family of counters; by convention `name` ends in `_total`.
     pub fn counter_family(
         &self,
@@ -424,10 +297,14 @@ impl Registry {
         help: &str,
         label_names: &[&str],
     ) -> Arc<CounterFamily> {
-        self.add_family(
-            Descriptor::new(name, help, MetricKind::Counter, label_names),
-            Counter::default,
-        )
+        let vec = prometheus::IntCounterVec::new(Opts::new(name, help), label_names)
+            .unwrap_or_else(|error| panic!("bad counter {name}: {error}"));
+        self.register(Box::new(vec.clone()), name);
+        Arc::new(Family {
+            name: name.to_owned(),
+            label_count: label_names.len(),
+            vec,
+        })
     }
 
     /// One counter without labels.
@@ -437,10 +314,14 @@ impl Registry {
 
     /// A family of gauges.
     pub fn gauge_family(&self, name: &str, help: &str, label_names: &[&str]) -> Arc<GaugeFamily> {
-        self.add_family(
-            Descriptor::new(name, help, MetricKind::Gauge, label_names),
-            Gauge::default,
-        )
+        let vec = prometheus::GaugeVec::new(Opts::new(name, help), label_names)
+            .unwrap_or_else(|error| panic!("bad gauge {name}: {error}"));
+        self.register(Box::new(vec.clone()), name);
+        Arc::new(Family {
+            name: name.to_owned(),
+            label_count: label_names.len(),
+            vec,
+        })
     }
 
     /// A family of histograms over `bounds` (ascending upper bounds, without
@@ -452,16 +333,15 @@ impl Registry {
         label_names: &[&str],
         bounds: &[f64],
     ) -> Arc<HistogramFamily> {
-        assert!(
-            bounds.iter().all(|bound| bound.is_finite())
-                && bounds.windows(2).all(|pair| pair[0] < pair[1]),
-            "the buckets of {name} must be finite and ascending: {bounds:?}"
-        );
-        let bounds: Arc<[f64]> = bounds.into();
-        self.add_family(
-            Descriptor::new(name, help, MetricKind::Histogram, label_names),
-            move || Histogram::new(Arc::clone(&bounds)),
-        )
+        let opts = HistogramOpts::new(name, help).buckets(bounds.to_vec());
+        let vec = prometheus::HistogramVec::new(opts, label_names)
+            .unwrap_or_else(|error| panic!("bad histogram {name}: {error}"));
+        self.register(Box::new(vec.clone()), name);
+        Arc::new(Family {
+            name: name.to_owned(),
+            label_count: label_names.len(),
+            vec,
+        })
     }
 
     /// A gauge family whose samples `collect` reports at each scrape.
@@ -472,10 +352,13 @@ impl Registry {
         label_names: &[&str],
         collect: impl Fn(&mut Samples<'_>) + Send + Sync + 'static,
     ) {
-        self.register(Arc::new(CollectedFamily {
-            descriptor: Descriptor::new(name, help, MetricKind::Gauge, label_names),
-            collect: Box::new(collect),
-        }));
+        self.collected(
+            name,
+            help,
+            label_names,
+            MetricType::GAUGE,
+            Box::new(collect),
+        );
     }
 
     /// A counter family whose samples `collect` reports at each scrape, from
@@ -487,149 +370,54 @@ impl Registry {
         label_names: &[&str],
         collect: impl Fn(&mut Samples<'_>) + Send + Sync + 'static,
     ) {
-        self.register(Arc::new(CollectedFamily {
-            descriptor: Descriptor::new(name, help, MetricKind::Counter, label_names),
-            collect: Box::new(collect),
-        }));
-    }
-
-    /// Every family in the text exposition format 0.0.4.
-    pub fn render(&self) -> String {
-        let families: Vec<Arc<dyn Render>> = lock(&self.families).clone();
-        let mut out = String::new();
-        for family in families {
-            family.render(&mut out);
-        }
-        out
-    }
-
-    fn add_family<M>(
-        &self,
-        descriptor: Descriptor,
-        make: impl Fn() -> M + Send + Sync + 'static,
-    ) -> Arc<Family<M>>
-    where
-        Family<M>: Render + 'static,
-    {
-        let family = Arc::new(Family {
-            descriptor,
-            children: Mutex::new(Vec::new()),
-            make: Box::new(make),
-        });
-        self.register(family.clone());
-        family
-    }
-
-    fn register(&self, family: Arc<dyn Render>) {
-        let mut families = lock(&self.families);
-        assert!(
-            families.iter().all(|known| known.name() != family.name()),
-            "metric {} registered twice",
-            family.name()
+        self.collected(
+            name,
+            help,
+            label_names,
+            MetricType::COUNTER,
+            Box::new(collect),
         );
-        families.push(family);
     }
-}
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves a list that is still whole.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write_family_sample(out: &mut String, descriptor: &Descriptor, values: &[String], value: &str) {
-    let values: Vec<&str> = values.iter().map(String::as_str).collect();
-    write_sample(
-        out,
-        &descriptor.name,
-        "",
-        &descriptor.label_names,
-        &values,
-        None,
-        value,
-    );
-}
-
-/// `name_suffix{a="x",le="0.5"} value`.
-fn write_sample(
-    out: &mut String,
-    name: &str,
-    suffix: &str,
-    label_names: &[String],
-    values: &[&str],
-    le: Option<&str>,
-    value: &str,
-) {
-    out.push_str(name);
-    out.push_str(suffix);
-    let pairs = label_names
-        .iter()
-        .map(String::as_str)
-        .zip(values.iter().copied())
-        .chain(le.map(|le| ("le", le)));
-    let mut first = true;
-    for (label, value) in pairs {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(label);
-        out.push_str("=\"");
-        out.push_str(&escape_label_value(value));
-        out.push('"');
+    fn collected(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+        kind: MetricType,
+        collect: Collect,
+    ) {
+        let label_names: Vec<String> = label_names
+            .iter()
+            .map(|label| (*label).to_owned())
+            .collect();
+        let desc = Desc::new(
+            name.to_owned(),
+            help.to_owned(),
+            label_names.clone(),
+            Default::default(),
+        )
+        .unwrap_or_else(|error| panic!("bad metric {name}: {error}"));
+        self.register(
+            Box::new(CollectedFamily {
+                desc,
+                kind,
+                label_names,
+                collect,
+            }),
+            name,
+        );
     }
-    if !first {
-        out.push('}');
-    }
-    out.push(' ');
-    out.push_str(value);
-    out.push('\n');
-}
 
-/// A sample value: `NaN`, `+Inf`, `-Inf`, or the shortest decimal that
-/// reads back as the same number.
-pub fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        value.to_string()
-    }
-}
-
-/// A label value with `\`, `"` and newlines escaped.
-pub fn escape_label_value(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for character in value.chars() {
-        match character {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            other => escaped.push(other),
+    /// Every family in the text exposition format 0.0.4, sorted by name.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail, and every family is well formed.
+        if let Err(error) = TextEncoder::new().encode(&self.inner.gather(), &mut out) {
+            tracing::error!(%error, "cannot render the metrics");
         }
+        String::from_utf8(out).unwrap_or_default()
     }
-    escaped
-}
-
-/// A help text with `\` and newlines escaped.
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn is_metric_name(name: &str) -> bool {
-    let mut characters = name.chars();
-    characters
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_' || first == ':')
-        && characters.all(|other| other.is_ascii_alphanumeric() || other == '_' || other == ':')
-}
-
-fn is_label_name(name: &str) -> bool {
-    let mut characters = name.chars();
-    characters
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
-        && characters.all(|other| other.is_ascii_alphanumeric() || other == '_')
 }
 
 #[cfg(test)]
@@ -637,137 +425,103 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_a_small_registry_exactly() {
+    fn renders_counters_gauges_and_collected_families() {
         let registry = Registry::new();
-        let calls = registry.counter_family(
-            "demo_calls_total",
-            "Calls answered, by method and code.",
-            &["method", "code"],
-        );
-        calls.with(&["execute", "OK"]).add(3);
-        calls.with(&["execute", "UNAVAILABLE"]).inc();
-        // The same label set is the same counter.
-        calls.with(&["execute", "OK"]).inc();
-        let in_flight = registry.gauge_family("demo_in_flight", "Calls in flight.", &[]);
-        in_flight.with(&[]).set(2.0);
-        in_flight.with(&[]).add(-0.5);
-        let latency = registry.histogram_family(
-            "demo_latency_seconds",
-            "Latency.",
-            &["shard"],
-            &[0.001, 0.01, 0.1],
-        );
-        let shard_0 = latency.with(&["0"]);
-        for value in [0.0005, 0.001, 0.002, 0.05, 3.0] {
-            shard_0.observe(value);
-        }
-        registry.gauge_fn("demo_tokens", "Tokens now.", &[], |samples| {
-            samples.sample(&[], 7.25);
+        let calls = registry.counter_family("calls_total", "Calls by code.", &["code"]);
+        calls.with(&["OK"]).add(3);
+        calls.with(&["UNAVAILABLE"]).inc();
+        registry
+            .gauge_family("tokens", "Tokens now.", &[])
+            .with(&[])
+            .set(2.5);
+        registry.gauge_fn("outstanding", "Calls in flight.", &["replica"], |samples| {
+            samples.sample(&["a:1"], 4.0);
+            samples.sample(&["b:2"], 0.0);
         });
-
-        let expected = "\
-# HELP demo_calls_total Calls answered, by method and code.
-# TYPE demo_calls_total counter
-demo_calls_total{method=\"execute\",code=\"OK\"} 4
-demo_calls_total{method=\"execute\",code=\"UNAVAILABLE\"} 1
-# HELP demo_in_flight Calls in flight.
-# TYPE demo_in_flight gauge
-demo_in_flight 1.5
-# HELP demo_latency_seconds Latency.
-# TYPE demo_latency_seconds histogram
-demo_latency_seconds_bucket{shard=\"0\",le=\"0.001\"} 2
-demo_latency_seconds_bucket{shard=\"0\",le=\"0.01\"} 3
-demo_latency_seconds_bucket{shard=\"0\",le=\"0.1\"} 4
-demo_latency_seconds_bucket{shard=\"0\",le=\"+Inf\"} 5
-demo_latency_seconds_sum{shard=\"0\"} 3.0535
-demo_latency_seconds_count{shard=\"0\"} 5
-# HELP demo_tokens Tokens now.
-# TYPE demo_tokens gauge
-demo_tokens 7.25
-";
-        assert_eq!(registry.render(), expected);
+        registry.counter_fn("spent_total", "Spent.", &[], |samples| {
+            samples.sample(&[], 7.0)
+        });
+        let text = registry.render();
+        for line in [
+            "# HELP calls_total Calls by code.",
+            "# TYPE calls_total counter",
+            "calls_total{code=\"OK\"} 3",
+            "calls_total{code=\"UNAVAILABLE\"} 1",
+            "# TYPE tokens gauge",
+            "tokens 2.5",
+            "# TYPE outstanding gauge",
+            "outstanding{replica=\"a:1\"} 4",
+            "outstanding{replica=\"b:2\"} 0",
+            "# TYPE spent_total counter",
+            "spent_total 7",
+        ] {
+            assert!(
+                text.lines().any(|seen| seen == line),
+                "{line:?} missing from:\n{text}"
+            );
+        }
     }
 
     #[test]
-    fn escapes_label_values_and_help() {
+    fn escapes_label_values() {
         let registry = Registry::new();
-        let family = registry.counter_family("demo_total", "Line one\\two\nthree.", &["path"]);
-        family.with(&["C:\\dir \"quoted\"\nnext"]).inc();
+        registry
+            .counter_family("escaped_total", "Escapes.", &["path"])
+            .with(&["a\"b\\c\nd"])
+            .inc();
         let text = registry.render();
         assert!(
-            text.contains("# HELP demo_total Line one\\\\two\\nthree.\n"),
+            text.contains("escaped_total{path=\"a\\\"b\\\\c\\nd\"} 1"),
             "{text}"
         );
-        assert!(
-            text.contains("demo_total{path=\"C:\\\\dir \\\"quoted\\\"\\nnext\"} 1\n"),
-            "{text}"
-        );
-        assert_eq!(text.lines().count(), 3, "no raw newline leaks: {text}");
     }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_end_with_the_count() {
         let registry = Registry::new();
-        let family = registry.histogram_family("demo_seconds", "x", &[], LATENCY_BUCKETS_SECONDS);
-        let histogram = family.with(&[]);
-        for step in 0..1000 {
-            // 10 µs to 20 s, spread over every bucket and beyond.
-            histogram.observe(1e-5 * 1.0154_f64.powi(step));
+        let histogram = registry
+            .histogram_family("latency_seconds", "Latency.", &[], &[0.1, 1.0])
+            .with(&[]);
+        for value in [0.05, 0.5, 0.5, 5.0, f64::NAN] {
+            histogram.observe(value);
         }
-        histogram.observe(f64::NAN);
+        assert_eq!(histogram.count(), 4);
+        assert!((histogram.sum() - 6.05).abs() < 1e-9);
         let text = registry.render();
-        let buckets: Vec<(String, u64)> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("demo_seconds_bucket{le=\""))
-            .map(|rest| {
-                let (le, count) = rest.split_once("\"} ").unwrap();
-                (le.to_owned(), count.parse().unwrap())
-            })
-            .collect();
-        assert_eq!(buckets.len(), LATENCY_BUCKETS_SECONDS.len() + 1);
-        assert_eq!(buckets.last().unwrap().0, "+Inf");
-        assert!(
-            buckets.windows(2).all(|pair| pair[0].1 <= pair[1].1),
-            "{buckets:?}"
-        );
-        assert!(buckets[0].1 > 0 && buckets[0].1 < 1000);
-        assert_eq!(buckets.last().unwrap().1, 1000, "NaN is not counted");
-        assert!(text.contains("demo_seconds_count 1000\n"), "{text}");
-        assert_eq!(histogram.count(), 1000);
-        // Every bound is itself in its bucket (le is "less or equal").
-        let exact = registry.histogram_family("demo_exact_seconds", "x", &[], &[1.0, 2.0]);
-        exact.with(&[]).observe(1.0);
-        assert!(
-            registry
-                .render()
-                .contains("demo_exact_seconds_bucket{le=\"1\"} 1\n")
-        );
+        for line in [
+            "latency_seconds_bucket{le=\"0.1\"} 1",
+            "latency_seconds_bucket{le=\"1\"} 3",
+            "latency_seconds_bucket{le=\"+Inf\"} 4",
+            "latency_seconds_count 4",
+        ] {
+            assert!(
+                text.lines().any(|seen| seen == line),
+                "{line:?} missing from:\n{text}"
+            );
+        }
     }
 
     #[test]
-    fn formats_special_values() {
-        assert_eq!(format_value(f64::NAN), "NaN");
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(format_value(3.0), "3");
-        assert_eq!(format_value(0.00025), "0.00025");
-    }
-
-    #[test]
-    #[should_panic(expected = "registered twice")]
+    #[should_panic(expected = "cannot register metric twice_total")]
     fn refuses_a_duplicate_name() {
         let registry = Registry::new();
-        registry.counter("demo_total", "x");
-        registry.counter("demo_total", "y");
+        registry.counter_family("twice_total", "First.", &[]);
+        registry.counter_family("twice_total", "Second.", &[]);
     }
 
     #[test]
-    #[should_panic(expected = "has labels")]
+    #[should_panic(expected = "has 1 labels")]
     fn refuses_a_label_set_of_the_wrong_length() {
         let registry = Registry::new();
         registry
-            .counter_family("demo_total", "x", &["a", "b"])
-            .with(&["only one"]);
+            .counter_family("labelled_total", "Labelled.", &["code"])
+            .with(&["OK", "extra"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "bad counter")]
+    fn refuses_a_bad_name() {
+        Registry::new().counter_family("bad name", "Bad.", &[]);
     }
 
     #[test]
@@ -778,35 +532,18 @@ demo_tokens 7.25
     }
 
     #[test]
-    fn validates_names() {
-        assert!(is_metric_name("fanout_root_searches_total"));
-        assert!(is_metric_name("a:b"));
-        assert!(!is_metric_name("1abc"));
-        assert!(!is_metric_name("a-b"));
-        assert!(!is_metric_name(""));
-        assert!(is_label_name("shard"));
-        assert!(!is_label_name("a:b"));
-    }
-
-    #[test]
     fn counts_from_many_threads_add_up() {
         let registry = Registry::new();
-        let counter = registry.counter("demo_total", "x");
-        let histogram = registry
-            .histogram_family("demo_seconds", "x", &[], &[0.5])
-            .with(&[]);
+        let counter = registry.counter("threads_total", "Counted from threads.");
         std::thread::scope(|scope| {
-            for _ in 0..4 {
+            for _ in 0..8 {
                 scope.spawn(|| {
                     for _ in 0..10_000 {
                         counter.inc();
-                        histogram.observe(0.25);
                     }
                 });
             }
         });
-        assert_eq!(counter.get(), 40_000);
-        assert_eq!(histogram.count(), 40_000);
-        assert!((histogram.sum() - 10_000.0).abs() < 1e-6);
+        assert_eq!(counter.get(), 80_000);
     }
 }

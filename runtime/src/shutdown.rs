@@ -24,3 +24,31 @@ pub async fn signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Calls `reload` on every SIGHUP for as long as the process runs, logging
+/// what it says (`what` names what is reloaded: "the TLS certificate").
+/// A failed reload is logged as an error and leaves what was in force.
+/// Must run inside a tokio runtime.
+pub fn on_sighup(
+    what: &'static str,
+    reload: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::error!(%error, what, "cannot watch SIGHUP: no reloads");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reload() {
+                Ok(done) => tracing::info!(what, "SIGHUP: {done}"),
+                Err(error) => {
+                    tracing::error!(what, %error, "SIGHUP: not reloaded, the previous one stays")
+                }
+            }
+        }
+    });
+}
