@@ -223,4 +223,25 @@ mod tests {
             assert_eq!(read, content);
         }
     }
+
+    proptest::proptest! {
+        /// Fuzz target of the corpus line reader: any bytes are a document,
+        /// a blank line or a bad line with a reason, never a panic.
+        #[test]
+        fn any_bytes_are_a_document_a_blank_or_a_bad_line(
+            line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            json_ish in "\\{(\"[a-z_]{1,6}\": (\"\\PC{0,12}\"|[0-9]{1,4}|null|true|\\[\\]), ){0,4}\\}",
+        ) {
+            let names = CorpusFieldNames {
+                id: "id".into(),
+                title: "title".into(),
+                text: "text".into(),
+            };
+            for input in [line.as_slice(), json_ish.as_bytes()] {
+                if let CorpusLine::Bad { reason } = parse_corpus_line(input, &names) {
+                    proptest::prop_assert!(!reason.is_empty());
+                }
+            }
+        }
+    }
 }

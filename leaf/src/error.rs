@@ -5,7 +5,10 @@
 //! place where leaf errors become gRPC statuses.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use fanout_proto::search::limits::LimitExceeded;
+use fanout_proto::status::{bounded, quote};
 use fanout_runtime::serve::ServeError;
 
 /// Everything that can go wrong in the leaf crate.
@@ -24,12 +27,22 @@ pub enum LeafError {
         position: Option<usize>,
     },
 
+    /// The query is over one of the query limits (bytes, depth, clauses,
+    /// distinct terms).
+    #[error("{0}")]
+    QueryLimit(#[from] LimitExceeded),
+
+    /// The query parses but asks for something this index cannot do
+    /// (`title:*` needs a fast field, say).
+    #[error("unsupported query: {0}")]
+    UnsupportedQuery(String),
+
     /// A filter names a field that cannot be filtered on.
-    #[error("cannot filter on field {field:?}: only \"id\" can be filtered on")]
+    #[error("cannot filter on field {}: only \"id\" can be filtered on", quote(.field))]
     UnknownFilterField { field: String },
 
     /// A fetch asks for a stored field the schema does not have.
-    #[error("unknown stored field {field:?}: expected one of id, title, text")]
+    #[error("unknown stored field {}: expected one of id, title, text", quote(.field))]
     UnknownStoredField { field: String },
 
     /// A request field is out of range (k, search_after, ...).
@@ -37,7 +50,7 @@ pub enum LeafError {
     InvalidRequest(String),
 
     /// Execute was sent a payload this leaf does not understand.
-    #[error("unsupported payload type {type_url:?}: this leaf understands {supported}")]
+    #[error("unsupported payload type {}: this leaf understands {supported}", quote(.type_url))]
     UnsupportedPayload { type_url: String, supported: String },
 
     /// The payload's bytes do not decode as the message its type URL names.
@@ -53,6 +66,24 @@ pub enum LeafError {
     #[error("leaf overloaded: {in_flight} calls in flight, limit {limit}")]
     Overloaded { in_flight: u32, limit: u32 },
 
+    /// The work would wait in the queue longer than the leaf allows, or
+    /// longer than the caller's deadline leaves.
+    #[error(
+        "leaf overloaded: the queue's expected wait of {} ms is more than {} ({} ms)",
+        .expected_wait.as_millis(), .bound, .allowed.as_millis()
+    )]
+    QueueTooLong {
+        expected_wait: Duration,
+        allowed: Duration,
+        /// "the queue time limit" or "the time the deadline leaves".
+        bound: &'static str,
+    },
+
+    // ---- the caller's deadline (DEADLINE_EXCEEDED) ----
+    /// The deadline passed while the work waited in the queue; it was not started.
+    #[error("the deadline passed after {} ms in the leaf's queue; the work was not started", .queued.as_millis())]
+    DeadlineExpiredInQueue { queued: Duration },
+
     // ---- an injected fault (UNAVAILABLE, retryable) ----
     /// `--fault unavailable=P` drew this call.
     #[error("injected fault: unavailable")]
@@ -61,6 +92,10 @@ pub enum LeafError {
     // ---- the caller went away (CANCELLED) ----
     #[error("the call was cancelled before its work finished")]
     Cancelled,
+
+    // ---- configuration ----
+    #[error("invalid leaf configuration: {0}")]
+    InvalidConfig(String),
 
     // ---- index build ----
     #[error("invalid index build options: {0}")]
@@ -111,8 +146,8 @@ pub enum LeafError {
     Tantivy(#[from] tantivy::TantivyError),
 
     // ---- serving ----
-    /// A search worker stopped (panicked) before answering.
-    #[error("the search worker stopped before answering")]
+    /// The work failed on a bug (it panicked; the leaf's log has the panic).
+    #[error("the search failed on an internal error; the leaf's log has it")]
     WorkerLost,
 
     #[error("cannot start the search thread pool: {0}")]
@@ -142,20 +177,26 @@ impl LeafError {
 /// The single mapping from leaf errors to gRPC statuses.
 impl From<LeafError> for tonic::Status {
     fn from(error: LeafError) -> tonic::Status {
-        let message = error.to_string();
+        let message = bounded(error.to_string());
         match error {
             LeafError::QueryHasNoSearchableTerms
             | LeafError::QuerySyntax { .. }
+            | LeafError::QueryLimit(_)
+            | LeafError::UnsupportedQuery(_)
             | LeafError::UnknownFilterField { .. }
             | LeafError::UnknownStoredField { .. }
             | LeafError::InvalidRequest(_)
             | LeafError::UnsupportedPayload { .. }
             | LeafError::MalformedPayload(_) => tonic::Status::invalid_argument(message),
             LeafError::WrongShard { .. } => tonic::Status::failed_precondition(message),
-            LeafError::Overloaded { .. } => tonic::Status::resource_exhausted(message),
+            LeafError::Overloaded { .. } | LeafError::QueueTooLong { .. } => {
+                tonic::Status::resource_exhausted(message)
+            }
+            LeafError::DeadlineExpiredInQueue { .. } => tonic::Status::deadline_exceeded(message),
             LeafError::InjectedUnavailable => tonic::Status::unavailable(message),
             LeafError::Cancelled => tonic::Status::cancelled(message),
-            LeafError::InvalidBuildOptions(_)
+            LeafError::InvalidConfig(_)
+            | LeafError::InvalidBuildOptions(_)
             | LeafError::BadLine { .. }
             | LeafError::OutputNotEmpty(_)
             | LeafError::NoDocuments(_)

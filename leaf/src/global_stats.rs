@@ -26,7 +26,7 @@
 //!   term_bytes  (every term's bytes, concatenated, terms in ascending byte order)
 //!   term_ends   (term_count x u32: end offset of each term in term_bytes)
 //!   doc_freqs   (term_count x u64)
-//! checksum u64: FNV-1a 64 of every byte before it
+//! checksum u64: FNV-1a 64 (fanout_runtime::hashing) of every byte before it
 //! ```
 //!
 //! In memory a field's terms stay in that layout (one byte buffer, one offset
@@ -35,13 +35,13 @@
 
 use std::path::Path;
 
+use fanout_runtime::hashing::Fnv1a64;
 use tantivy::query::Bm25StatisticsProvider;
 use tantivy::schema::{Field, FieldType, Schema};
 use tantivy::{Searcher, TantivyError, Term};
 
 use crate::LeafError;
 use crate::manifest::ShardManifest;
-use crate::partition::Fnv1a64;
 
 /// File name of the global statistics, in every shard directory.
 pub const GLOBAL_STATS_FILE_NAME: &str = "global-stats.bin";

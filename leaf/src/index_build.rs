@@ -28,6 +28,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fanout_runtime::hashing::Fnv1a64;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tantivy::{Index, IndexWriter, ReloadPolicy, TantivyDocument};
 
@@ -38,8 +39,13 @@ use crate::manifest::{
     INDEX_MANIFEST_FILE_NAME, IndexManifest, IndexManifestShard, SHARD_MANIFEST_FILE_NAME,
     ShardManifest, shard_dir_name, write_json_atomically,
 };
-use crate::partition::{Fnv1a64, shard_for_id};
+use crate::partition::shard_for_id;
 use crate::schema::{SearchFields, build_schema, register_tokenizers};
+
+/// The longest corpus line a build reads (longer ones are bad lines).
+const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// The UTF-8 byte order mark, skipped at the start of a corpus.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// tantivy refuses less than this much indexing memory per writer thread.
 const MIN_MEMORY_PER_WRITER_THREAD: usize = 15_000_000;
@@ -219,7 +225,9 @@ pub fn build_index(options: &IndexBuildOptions) -> Result<IndexBuildReport, Leaf
         });
     }
     // Every shard has moved out: this removes the empty staging directory.
-    drop(staging);
+    if let Err(error) = staging.dir.close() {
+        tracing::warn!(%error, "cannot remove the staging directory");
+    }
     let index_manifest = IndexManifest {
         generation: generation.clone(),
         shard_count,
@@ -269,6 +277,20 @@ fn validate_options(options: &IndexBuildOptions) -> Result<(), LeafError> {
             "shards must be at least 1".into(),
         ));
     }
+    // Every shard has its own writer, and tantivy's writer needs a floor of
+    // memory: the budget must cover the floors, or the build would take far
+    // more than it was given.
+    let needed = MIN_MEMORY_PER_WRITER_THREAD.saturating_mul(options.shards as usize);
+    if options.writer_memory_bytes < needed {
+        let mib = |bytes: usize| bytes.div_ceil(1 << 20);
+        return Err(LeafError::InvalidBuildOptions(format!(
+            "{} MiB of writer memory is too little for {} shards: each shard's writer needs at least {} MB; give at least {} MiB, or build fewer shards",
+            mib(options.writer_memory_bytes),
+            options.shards,
+            MIN_MEMORY_PER_WRITER_THREAD / 1_000_000,
+            mib(needed)
+        )));
+    }
     let names = [
         ("id", &options.id_field),
         ("title", &options.title_field),
@@ -296,11 +318,27 @@ fn validate_options(options: &IndexBuildOptions) -> Result<(), LeafError> {
     Ok(())
 }
 
-/// Creates `out_dir` or checks that it is an empty directory.
+/// Creates `out_dir` or checks that it is an empty directory. The staging
+/// directory of an earlier build that was killed (its process is gone) is
+/// removed first: it is debris, not an index.
 fn prepare_output_dir(out_dir: &Path) -> Result<(), LeafError> {
     match std::fs::read_dir(out_dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|error| LeafError::io(out_dir, error))?;
+                let name = entry.file_name();
+                if let Some(pid) = name.to_str().and_then(StagingDir::owner_pid)
+                    && !process_is_running(pid)
+                {
+                    tracing::warn!(
+                        dir = %entry.path().display(),
+                        pid,
+                        "removing the staging directory of an interrupted build"
+                    );
+                    std::fs::remove_dir_all(entry.path())
+                        .map_err(|error| LeafError::io(entry.path(), error))?;
+                    continue;
+                }
                 return Err(LeafError::OutputNotEmpty(out_dir.to_path_buf()));
             }
             Ok(())
@@ -313,17 +351,36 @@ fn prepare_output_dir(out_dir: &Path) -> Result<(), LeafError> {
 }
 
 /// A hidden directory inside the output directory that shards are written
-/// into; removed on drop unless the build finished.
+/// into (`.building-<pid>-<random>`); removed when dropped (a `tempfile`
+/// directory), which the build does once every shard has moved out of it.
 struct StagingDir {
+    dir: tempfile::TempDir,
     path: PathBuf,
 }
 
 impl StagingDir {
+    const PREFIX: &str = ".building-";
+
     fn create(out_dir: &Path) -> Result<StagingDir, LeafError> {
-        let path = out_dir.join(format!(".building-{}", std::process::id()));
-        std::fs::create_dir(&path).map_err(|error| LeafError::io(&path, error))?;
-        Ok(StagingDir { path })
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}{}-", Self::PREFIX, std::process::id()))
+            .tempdir_in(out_dir)
+            .map_err(|error| LeafError::io(out_dir, error))?;
+        let path = dir.path().to_path_buf();
+        Ok(StagingDir { dir, path })
     }
+
+    /// The pid of the build that owns a staging directory named `name`.
+    fn owner_pid(name: &str) -> Option<u32> {
+        let rest = name.strip_prefix(Self::PREFIX)?;
+        rest.split('-').next()?.parse().ok()
+    }
+}
+
+/// Whether process `pid` runs (Linux: it has a `/proc` entry); this process
+/// counts as running.
+fn process_is_running(pid: u32) -> bool {
+    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Undoes the moves of a build that failed half-way through moving its shards.
@@ -332,14 +389,6 @@ fn remove_moved_shards(out_dir: &Path, moved: &[IndexManifestShard]) {
         let dir = out_dir.join(&shard.dir);
         if let Err(error) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(path = %dir.display(), %error, "cannot remove a shard of a failed build");
-        }
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), %error, "cannot remove the staging directory");
         }
     }
 }
@@ -369,15 +418,29 @@ fn read_corpus_into_shards(
     let mut docs_indexed = 0u64;
     loop {
         line.clear();
-        let read = corpus
-            .read_until(b'\n', &mut line)
+        let read = read_line_bounded(&mut corpus, &mut line, MAX_LINE_BYTES)
             .map_err(|error| LeafError::io(&options.input, error))?;
-        if read == 0 {
-            break;
-        }
+        let length = match read {
+            LineRead::End => break,
+            LineRead::Line => None,
+            LineRead::TooLong { length } => Some(length),
+        };
         line_number += 1;
         content_hash.update(&line);
-        let outcome = match parse_corpus_line(trim_line_end(&line), &names) {
+        let mut text = trim_line_end(&line);
+        if line_number == 1 {
+            // A byte order mark some editors write: not part of the JSON.
+            text = text.strip_prefix(UTF8_BOM).unwrap_or(text);
+        }
+        let parsed = match length {
+            Some(length) => CorpusLine::Bad {
+                reason: format!(
+                    "the line is {length} bytes long, more than the limit of {MAX_LINE_BYTES}"
+                ),
+            },
+            None => parse_corpus_line(text, &names),
+        };
+        let outcome = match parsed {
             CorpusLine::Blank => continue,
             CorpusLine::Bad { reason } => Err(reason),
             CorpusLine::Document(document) => match first_line_of_id.get(&document.id) {
@@ -430,6 +493,55 @@ fn read_corpus_into_shards(
         bad_lines,
         content_hash: content_hash.finish(),
     })
+}
+
+/// How [`read_line_bounded`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// A line (with its terminator, if any) is in the buffer.
+    Line,
+    /// The line was longer than the limit: the buffer holds its start, the
+    /// rest was read past.
+    TooLong { length: u64 },
+    /// Nothing left.
+    End,
+}
+
+/// Reads one line into `line` (cleared by the caller), keeping at most
+/// `limit` bytes of it, so that one line without a newline cannot take all
+/// memory; reads past the rest of a longer line.
+fn read_line_bounded(
+    reader: &mut dyn BufRead,
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<LineRead> {
+    let mut length: u64 = 0;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(match length {
+                0 => LineRead::End,
+                _ if length > limit as u64 => LineRead::TooLong { length },
+                _ => LineRead::Line,
+            });
+        }
+        let (chunk, ends_line) = match available.iter().position(|byte| *byte == b'\n') {
+            Some(newline) => (&available[..=newline], true),
+            None => (available, false),
+        };
+        let room = limit.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        length += chunk.len() as u64;
+        let consumed = chunk.len();
+        reader.consume(consumed);
+        if ends_line {
+            return Ok(if length > limit as u64 {
+                LineRead::TooLong { length }
+            } else {
+                LineRead::Line
+            });
+        }
+    }
 }
 
 fn trim_line_end(line: &[u8]) -> &[u8] {
@@ -531,7 +643,7 @@ mod tests {
             out_dir: out_dir.to_path_buf(),
             shards,
             threads: 1,
-            writer_memory_bytes: 15_000_000,
+            writer_memory_bytes: MIN_MEMORY_PER_WRITER_THREAD * shards.max(1) as usize,
             ..IndexBuildOptions::default()
         }
     }
@@ -575,7 +687,6 @@ mod tests {
                 assert_eq!(shard.manifest().generation, report.generation);
                 assert_eq!(shard.manifest().shard_count, 3);
                 assert_eq!(shard.doc_count(), entry.doc_count);
-                assert!(shard.has_global_statistics());
             }
             let leftovers: Vec<_> = std::fs::read_dir(&out_dir)
                 .unwrap()
@@ -678,6 +789,80 @@ mod tests {
         assert!(
             matches!(error, LeafError::InvalidBuildOptions(_)),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn the_staging_directory_of_a_killed_build_is_cleared_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("corpus.jsonl");
+        std::fs::write(&input, GOOD_CORPUS).unwrap();
+        let out_dir = dir.path().join("index");
+        // A pid no process has (above the kernel's pid_max).
+        let stale = out_dir.join(".building-4194305-x1y2z3");
+        std::fs::create_dir_all(stale.join("shard-0")).unwrap();
+        build_index(&options(&input, &out_dir, 2)).unwrap();
+        assert!(!stale.exists(), "the debris is gone");
+        assert!(out_dir.join("index.json").exists());
+        // A staging directory of a live build is somebody's work: refused.
+        let other = dir.path().join("busy");
+        std::fs::create_dir_all(other.join(".building-1")).unwrap();
+        let error = build_index(&options(&input, &other, 1)).unwrap_err();
+        assert!(matches!(error, LeafError::OutputNotEmpty(_)), "{error}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("corpus.jsonl");
+        std::fs::write(&input, format!("\u{feff}{GOOD_CORPUS}")).unwrap();
+        let report = build_index(&options(&input, &dir.path().join("index"), 1)).unwrap();
+        assert_eq!(report.docs_indexed, 4);
+    }
+
+    #[test]
+    fn too_little_memory_for_the_shards_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("corpus.jsonl");
+        std::fs::write(&input, GOOD_CORPUS).unwrap();
+        let error = build_index(&IndexBuildOptions {
+            writer_memory_bytes: 256 << 20,
+            ..options(&input, &dir.path().join("index"), 1024)
+        })
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid index build options: 256 MiB of writer memory is too little for 1024 shards: each shard's writer needs at least 15 MB; give at least 14649 MiB, or build fewer shards"
+        );
+        assert!(!dir.path().join("index").exists(), "nothing was made");
+    }
+
+    #[test]
+    fn lines_longer_than_the_limit_are_bad_lines_read_past() {
+        let text = format!("{}\nshort\nlast", "x".repeat(100));
+        let mut reader = std::io::BufReader::with_capacity(16, text.as_bytes());
+        let mut line = Vec::new();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::TooLong { length: 101 }
+        );
+        assert_eq!(line.len(), 10);
+        line.clear();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Line
+        );
+        assert_eq!(line, b"short\n");
+        line.clear();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Line
+        );
+        assert_eq!(line, b"last");
+        line.clear();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::End
         );
     }
 }

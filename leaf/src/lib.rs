@@ -5,7 +5,8 @@
 //! Building (`fanout index`):
 //! - [`schema`]: the fields (`id`, `title`, `text`) and the English analyzer.
 //! - `corpus` (private): reading JSON Lines, plain or gzip; bad lines.
-//! - [`partition`]: [`shard_for_id`], the stable FNV-1a hash of document ids.
+//! - [`partition`]: [`shard_for_id`], a document's shard: the stable FNV-1a
+//!   hash of its id ([`fanout_runtime::hashing`]) modulo the shard count.
 //! - [`index_build`]: [`build_index`]: one tantivy index per shard, written in
 //!   parallel, then the global statistics and the manifests.
 //! - [`manifest`]: `index.json` and `shard.json`.
@@ -18,6 +19,8 @@
 //!   `search_after`, total hit count).
 //! - [`shard`]: an opened shard: search (phase one) and fetch (phase two);
 //!   [`open_reference_index`] for single-index comparisons.
+//! - `read_only` (private): the shard directory as tantivy sees it, read-only
+//!   (no lock files: a leaf serves a read-only mount).
 //! - [`fault`]: [`FaultPlan`], seeded fault injection (latency, stragglers,
 //!   heavy tail, inherent slowness, hangs, errors) for tests and benchmarks;
 //!   off unless asked for.
@@ -39,6 +42,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod partition;
 pub mod query;
+mod read_only;
 pub mod schema;
 pub mod server;
 pub mod service;
@@ -50,11 +54,12 @@ pub use fault::FaultPlan;
 pub use global_stats::{GLOBAL_STATS_FILE_NAME, GlobalStatistics};
 pub use index_build::{BadLine, BadLinePolicy, IndexBuildOptions, IndexBuildReport, build_index};
 pub use manifest::{
-    IndexManifest, IndexManifestShard, ShardManifest, read_index_manifest, read_shard_manifest,
-    shard_dir_name,
+    INDEX_MANIFEST_FILE_NAME, IndexManifest, IndexManifestShard, ShardManifest,
+    read_index_manifest, read_shard_manifest, shard_dir_name,
 };
 pub use partition::shard_for_id;
 pub use query::{QueryMode, apply_filters, build_query};
 pub use schema::{SearchFields, build_schema, register_tokenizers};
 pub use server::{LeafConfig, LeafServer};
+pub use service::LeafAdmission;
 pub use shard::{ShardSearcher, open_reference_index};

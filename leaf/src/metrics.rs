@@ -178,13 +178,14 @@ fn register_collectors(registry: &Registry, counts: LeafCounts) {
     );
     registry.counter_fn(
         "fanout_leaf_work_total",
-        "Search-pool work by outcome: skipped (caller gone before it started), abandoned (ran for a caller already gone), completed (LeafStats work_*).",
+        "Search-pool work by outcome: skipped (caller gone before it started), abandoned (ran for a caller already gone), completed (LeafStats work_*), panicked (a bug; the caller got INTERNAL).",
         &["outcome"],
         move |samples| {
             for (outcome, count) in [
                 ("skipped", &pool.stats().skipped),
                 ("abandoned", &pool.stats().abandoned),
                 ("completed", &pool.stats().completed),
+                ("panicked", &pool.stats().panicked),
             ] {
                 samples.sample(&[outcome], count.load(Ordering::Relaxed) as f64);
             }
@@ -219,9 +220,9 @@ mod tests {
             "no faults family without --fault"
         );
         for line in [
-            "fanout_leaf_calls_total{method=\"execute\",code=\"OK\"} 1\n",
-            "fanout_leaf_calls_total{method=\"execute\",code=\"UNAVAILABLE\"} 1\n",
-            "fanout_leaf_calls_total{method=\"info\",code=\"OK\"} 1\n",
+            "fanout_leaf_calls_total{code=\"OK\",method=\"execute\"} 1\n",
+            "fanout_leaf_calls_total{code=\"UNAVAILABLE\",method=\"execute\"} 1\n",
+            "fanout_leaf_calls_total{code=\"OK\",method=\"info\"} 1\n",
             "fanout_leaf_calls_in_flight 1\n",
             "fanout_leaf_cancelled_calls_total 2\n",
             "fanout_leaf_work_total{outcome=\"abandoned\"} 3\n",

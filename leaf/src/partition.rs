@@ -1,48 +1,14 @@
 //! Which shard a document belongs to.
 //!
 //! `shard_for_id(id, S) = fnv1a_64(utf8 bytes of id) mod S`, where FNV-1a 64
-//! is the Fowler–Noll–Vo hash: start from the offset basis
-//! `0xcbf29ce484222325`, and for every byte XOR it in, then multiply by the
-//! prime `0x100000001b3` (wrapping). It is written out here, not taken from
-//! `std` (whose `DefaultHasher` may change between Rust releases), because a
-//! document must land in the same shard in every build, on every machine, for
-//! ever. The unit tests pin fixed values so that it cannot change silently.
+//! is the Fowler–Noll–Vo hash ([`fanout_runtime::hashing`], which says how it
+//! is computed and pins its reference vectors). It is written out, not taken
+//! from `std` (whose `DefaultHasher` may change between Rust releases),
+//! because a document must land in the same shard in every build, on every
+//! machine, for ever. The unit tests below pin shard assignments so that it
+//! cannot change silently.
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// FNV-1a 64 of `bytes`.
-pub fn fnv1a_64(bytes: &[u8]) -> u64 {
-    let mut hash = FNV_OFFSET_BASIS;
-    for &byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(FNV_PRIME);
-    }
-    hash
-}
-
-/// FNV-1a 64 fed incrementally, for hashing several pieces as one stream.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv1a64(u64);
-
-impl Default for Fnv1a64 {
-    fn default() -> Self {
-        Fnv1a64(FNV_OFFSET_BASIS)
-    }
-}
-
-impl Fnv1a64 {
-    pub(crate) fn update(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(FNV_PRIME);
-        }
-    }
-
-    pub(crate) fn finish(&self) -> u64 {
-        self.0
-    }
-}
+pub use fanout_runtime::hashing::fnv1a_64;
 
 /// The shard (0..shard_count) holding the document with this id:
 /// FNV-1a 64 of the id's UTF-8 bytes, modulo `shard_count`.
@@ -56,22 +22,6 @@ pub fn shard_for_id(id: &str, shard_count: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv1a_64_matches_the_reference_vectors() {
-        // From the FNV reference test suite (isthe.com/chongo/tech/comp/fnv).
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn incremental_hashing_equals_one_shot_hashing() {
-        let mut hasher = Fnv1a64::default();
-        hasher.update(b"foo");
-        hasher.update(b"bar");
-        assert_eq!(hasher.finish(), fnv1a_64(b"foobar"));
-    }
 
     #[test]
     fn shard_assignment_is_pinned() {

@@ -12,9 +12,19 @@
 //! - [`QueryMode::Syntax`]: tantivy's query language over `title` and `text`
 //!   (`title:rust AND "exact phrase" -excluded`), OR between clauses by default.
 //!
+//! Every query is first measured against the [`QueryLimits`] (bytes, nesting
+//! depth, clauses: [`check_query`]), so tantivy's recursive parser never sees
+//! a query deeper than the limit; building is linear in the query's length,
+//! bounds the distinct terms, and stops once the caller has gone
+//! ([`QueryBudget::is_cancelled`]).
+//!
 //! Filters ([`apply_filters`]) restrict the matches without changing scores.
 
+use std::collections::HashMap;
+
+use fanout_proto::search::limits::{LimitExceeded, QueryLimits, check_query};
 use fanout_proto::search::v1::TermFilter;
+use fanout_proto::status::quote;
 use tantivy::query::{
     BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery, Occur, Query, QueryParser,
     QueryParserError, TermQuery,
@@ -30,16 +40,50 @@ use crate::schema::{ID_FIELD, QUERY_STOP_WORDS, SearchFields, unstemmed_english_
 /// Share of the weaker field's score added to the better one's ("best fields").
 pub const BEST_FIELDS_TIE_BREAKER: Score = 0.5;
 
+/// Words analysed between two looks at [`QueryBudget::is_cancelled`].
+const WORDS_BETWEEN_CANCELLATION_CHECKS: usize = 64;
+
+/// What building one query may cost, and how to tell that nobody waits for
+/// it any more.
+pub struct QueryBudget<'a> {
+    pub limits: &'a QueryLimits,
+    /// True once the caller has gone or its deadline has passed.
+    pub is_cancelled: &'a dyn Fn() -> bool,
+}
+
+impl QueryBudget<'static> {
+    /// The default limits, never cancelled: for tools and tests.
+    pub fn unbounded_in_time() -> QueryBudget<'static> {
+        QueryBudget {
+            limits: &QueryLimits::DEFAULT,
+            is_cancelled: &|| false,
+        }
+    }
+}
+
 /// Builds the tantivy query for `query` in `mode` against `index` (which must
-/// have fanout's schema and analyzers registered).
+/// have fanout's schema and analyzers registered), within the default limits.
 pub fn build_query(
     index: &Index,
     query: &str,
     mode: QueryMode,
 ) -> Result<Box<dyn Query>, LeafError> {
+    build_query_within(index, query, mode, &QueryBudget::unbounded_in_time())
+}
+
+/// [`build_query`] within `budget`: over a limit the query is refused with
+/// [`LeafError::QueryLimit`]; once cancelled, building stops with
+/// [`LeafError::Cancelled`].
+pub fn build_query_within(
+    index: &Index,
+    query: &str,
+    mode: QueryMode,
+    budget: &QueryBudget<'_>,
+) -> Result<Box<dyn Query>, LeafError> {
+    check_query(query, mode, budget.limits)?;
     let fields = SearchFields::from_schema(&index.schema())?;
     match mode {
-        QueryMode::Natural => build_natural_query(index, &fields, query),
+        QueryMode::Natural => build_natural_query(index, &fields, query, budget),
         QueryMode::Syntax => build_syntax_query(index, &fields, query),
     }
 }
@@ -54,26 +98,49 @@ pub struct NaturalQueryTerm {
 
 /// The terms a natural-mode query searches for, in order of first appearance.
 pub fn natural_query_terms(index: &Index, query: &str) -> Result<Vec<NaturalQueryTerm>, LeafError> {
+    natural_query_terms_within(index, query, &QueryBudget::unbounded_in_time())
+}
+
+fn natural_query_terms_within(
+    index: &Index,
+    query: &str,
+    budget: &QueryBudget<'_>,
+) -> Result<Vec<NaturalQueryTerm>, LeafError> {
     let fields = SearchFields::from_schema(&index.schema())?;
     // The analyzer the text field was indexed with: query terms are stemmed
     // exactly like document terms.
     let mut index_analyzer = index.tokenizer_for_field(fields.text)?;
     let mut word_analyzer = unstemmed_english_analyzer();
     let mut terms: Vec<NaturalQueryTerm> = Vec::new();
+    // Term text -> its index in `terms`: one lookup per word, never a scan.
+    let mut positions: HashMap<String, usize> = HashMap::new();
     let mut words = word_analyzer.token_stream(query);
+    let mut words_seen = 0usize;
     while let Some(word) = words.next() {
+        words_seen += 1;
+        if words_seen.is_multiple_of(WORDS_BETWEEN_CANCELLATION_CHECKS) && (budget.is_cancelled)() {
+            return Err(LeafError::Cancelled);
+        }
         if QUERY_STOP_WORDS.contains(&word.text.as_str()) {
             continue;
         }
         let mut stemmed = index_analyzer.token_stream(&word.text);
         while let Some(token) = stemmed.next() {
-            match terms.iter_mut().find(|term| term.text == token.text) {
-                Some(term) => term.occurrences += 1,
-                None => terms.push(NaturalQueryTerm {
-                    text: token.text.clone(),
-                    occurrences: 1,
-                }),
+            if let Some(&position) = positions.get(&token.text) {
+                terms[position].occurrences += 1;
+                continue;
             }
+            if terms.len() == budget.limits.max_terms {
+                return Err(LeafError::QueryLimit(LimitExceeded::Terms {
+                    terms: terms.len() + 1,
+                    limit: budget.limits.max_terms,
+                }));
+            }
+            positions.insert(token.text.clone(), terms.len());
+            terms.push(NaturalQueryTerm {
+                text: token.text.clone(),
+                occurrences: 1,
+            });
         }
     }
     Ok(terms)
@@ -83,8 +150,9 @@ fn build_natural_query(
     index: &Index,
     fields: &SearchFields,
     query: &str,
+    budget: &QueryBudget<'_>,
 ) -> Result<Box<dyn Query>, LeafError> {
-    let terms = natural_query_terms(index, query)?;
+    let terms = natural_query_terms_within(index, query, budget)?;
     if terms.is_empty() {
         return Err(LeafError::QueryHasNoSearchableTerms);
     }
@@ -113,6 +181,8 @@ fn build_natural_query(
     Ok(Box::new(BooleanQuery::new(clauses)))
 }
 
+/// Parses a syntax-mode query (already measured by [`check_query`], so no
+/// deeper than the depth limit).
 fn build_syntax_query(
     index: &Index,
     fields: &SearchFields,
@@ -131,8 +201,15 @@ fn build_syntax_query(
 /// strict parser says nothing useful, so ask the lenient one where it failed.
 fn describe_parse_error(query: &str, error: QueryParserError) -> LeafError {
     let QueryParserError::SyntaxError(_) = error else {
+        let message = match error {
+            QueryParserError::FieldDoesNotExist(field) => {
+                format!("no field named {}", quote(&field))
+            }
+            // Other messages may quote the query too: cut them short.
+            other => quote(&other.to_string()),
+        };
         return LeafError::QuerySyntax {
-            message: error.to_string(),
+            message,
             position: None,
         };
     };
@@ -143,7 +220,7 @@ fn describe_parse_error(query: &str, error: QueryParserError) -> LeafError {
             position: Some(first.pos),
         },
         None => LeafError::QuerySyntax {
-            message: format!("cannot parse {query:?}"),
+            message: format!("cannot parse {}", quote(query)),
             position: None,
         },
     }
@@ -306,6 +383,67 @@ mod tests {
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert_eq!(status.message(), "query has no searchable terms");
         }
+    }
+
+    #[test]
+    fn natural_queries_are_bounded_in_distinct_terms_and_stop_when_cancelled() {
+        let index = small_index();
+        let limits = QueryLimits {
+            max_terms: 3,
+            ..QueryLimits::DEFAULT
+        };
+        let budget = QueryBudget {
+            limits: &limits,
+            is_cancelled: &|| false,
+        };
+        // Repeats and stop words do not count; the fourth distinct term does.
+        assert!(
+            build_query_within(
+                &index,
+                "rust Rust the search pasta",
+                QueryMode::Natural,
+                &budget
+            )
+            .is_ok()
+        );
+        let error = build_query_within(
+            &index,
+            "rust search pasta water",
+            QueryMode::Natural,
+            &budget,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "query has more than the limit of 3 distinct terms (max query terms)"
+        );
+        assert_eq!(
+            tonic::Status::from(error).code(),
+            tonic::Code::InvalidArgument
+        );
+
+        let many_words: String = (0..1000).map(|n| format!("w{n} ")).collect();
+        let cancelled = QueryBudget {
+            limits: &QueryLimits::DEFAULT,
+            is_cancelled: &|| true,
+        };
+        let error = build_query_within(&index, &many_words, QueryMode::Natural, &cancelled)
+            .err()
+            .unwrap();
+        assert!(matches!(error, LeafError::Cancelled), "{error}");
+    }
+
+    #[test]
+    fn queries_over_the_limits_never_reach_the_parser() {
+        let index = small_index();
+        let deep = format!("{}rust", "(".repeat(100_000 / 8));
+        let error = build_query(&index, &deep, QueryMode::Syntax).err().unwrap();
+        assert!(matches!(error, LeafError::QueryLimit(_)), "{error}");
+        let error = build_query(&index, &"NOT ".repeat(40), QueryMode::Syntax)
+            .err()
+            .unwrap();
+        assert!(matches!(error, LeafError::QueryLimit(_)), "{error}");
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use fanout_proto::search::limits::QueryLimits;
 use fanout_proto::v1::leaf_server::LeafServer as LeafGrpcServer;
 use fanout_runtime::cpu_pool::CpuPool;
-use fanout_runtime::serve::{DrainOptions, GrpcService};
+use fanout_runtime::serve::{DrainOptions, GrpcService, ServerTransport};
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
@@ -18,8 +19,12 @@ use tonic::service::Routes;
 use crate::LeafError;
 use crate::fault::FaultPlan;
 use crate::manifest::ShardManifest;
-use crate::service::LeafService;
+use crate::service::{LeafAdmission, LeafService};
 use crate::shard::ShardSearcher;
+
+/// The largest Execute request a leaf decodes (a fetch of 10,000 hits is
+/// well under 1 MiB); larger ones are refused with RESOURCE_EXHAUSTED.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// How to run a leaf.
 #[derive(Debug, Clone)]
@@ -29,6 +34,24 @@ pub struct LeafConfig {
     /// Threads of the search pool; 0 means one per core.
     pub search_threads: usize,
     pub drain: DrainOptions,
+    /// What a query may cost.
+    pub query_limits: QueryLimits,
+    /// How much work the leaf takes on before refusing more.
+    pub admission: LeafAdmission,
+}
+
+impl LeafConfig {
+    /// The defaults for the shard in `shard_dir`: one search thread per
+    /// core, no drain delay, the default limits.
+    pub fn new(shard_dir: impl Into<PathBuf>) -> LeafConfig {
+        LeafConfig {
+            shard_dir: shard_dir.into(),
+            search_threads: 0,
+            drain: DrainOptions::default(),
+            query_limits: QueryLimits::DEFAULT,
+            admission: LeafAdmission::default(),
+        }
+    }
 }
 
 /// A leaf ready to serve its shard.
@@ -36,6 +59,7 @@ pub struct LeafServer {
     shard: Arc<ShardSearcher>,
     service: LeafService,
     drain: DrainOptions,
+    transport: ServerTransport,
 }
 
 impl LeafServer {
@@ -43,7 +67,13 @@ impl LeafServer {
     /// directory is not a fanout shard or its global statistics belong to
     /// another build.
     pub fn open(config: LeafConfig) -> Result<LeafServer, LeafError> {
-        let shard = Arc::new(ShardSearcher::open(&config.shard_dir)?);
+        config
+            .query_limits
+            .validate()
+            .map_err(LeafError::InvalidConfig)?;
+        let shard = Arc::new(
+            ShardSearcher::open(&config.shard_dir)?.with_query_limits(config.query_limits),
+        );
         let search_threads = if config.search_threads == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
@@ -61,11 +91,12 @@ impl LeafServer {
             search_threads,
             "shard opened"
         );
-        let service = LeafService::new(Arc::clone(&shard), pool, search_threads);
+        let service = LeafService::new(Arc::clone(&shard), pool, search_threads, config.admission);
         Ok(LeafServer {
             shard,
             service,
             drain: config.drain,
+            transport: ServerTransport::default(),
         })
     }
 
@@ -87,6 +118,13 @@ impl LeafServer {
         self.shard.manifest()
     }
 
+    /// Serves over `transport` (TLS, a health listener of its own) instead
+    /// of plaintext.
+    pub fn with_transport(mut self, transport: ServerTransport) -> LeafServer {
+        self.transport = transport;
+        self
+    }
+
     /// Serves until `shutdown` resolves, then drains.
     pub async fn serve(
         self,
@@ -94,12 +132,14 @@ impl LeafServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), LeafError> {
         let leaf = LeafGrpcServer::new(self.service)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Gzip);
         let routes = Routes::new(leaf);
         let service_names = vec![<LeafGrpcServer<LeafService> as NamedService>::NAME];
         GrpcService::new(routes, service_names)
+            .with_transport(self.transport)
             .serve(listener, self.drain, shutdown)
             .await?;
         Ok(())

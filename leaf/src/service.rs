@@ -7,9 +7,18 @@
 //! goes away (a cancelled call, a hedge that lost) the future is dropped and
 //! the work is skipped if it has not started, or stops at the next segment if
 //! it has. Each answer reports its queue and service time and how many calls
-//! were in flight when it arrived; past [`MAX_CALLS_IN_FLIGHT_PER_THREAD`]
-//! calls per search thread the leaf answers RESOURCE_EXHAUSTED (retryable
-//! on another replica) instead of queueing without bound. Faults injected
+//! were in flight when it arrived.
+//!
+//! Admission ([`LeafAdmission`]): the leaf answers RESOURCE_EXHAUSTED
+//! (retryable on another replica) instead of queueing past
+//! [`MAX_CALLS_IN_FLIGHT_PER_THREAD`] calls per search thread, or when the
+//! queue's expected wait (calls queued or running per thread times the
+//! recent service time) is longer than [`LeafAdmission::max_queue_wait`] or
+//! than the caller's deadline leaves. Work whose deadline has passed by the
+//! time it leaves the queue is not started (DEADLINE_EXCEEDED), and running
+//! work stops at the deadline as it does when the caller goes away. Every
+//! search query is checked against the [`QueryLimits`] before any work.
+//! Faults injected
 //! for tests ([`FaultPlan`], off by default) wrap the work: errors and hangs
 //! before it, a latency body before it, a straggler's extra time after it,
 //! all as async sleeps that never hold a search thread.
@@ -26,10 +35,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fanout_proto::any::{is, pack, type_url, unpack};
+use fanout_proto::search::limits::{QueryLimits, check_query};
 use fanout_proto::search::v1::{FetchRequest, ShardSearchRequest};
 use fanout_proto::v1::leaf_server::Leaf;
 use fanout_proto::v1::{ExecuteRequest, ExecuteResponse, InfoRequest, InfoResponse, LeafTimings};
 use fanout_runtime::cpu_pool::CpuPool;
+use fanout_runtime::deadline::timeout_from_metadata;
 use prost_types::Any;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
@@ -37,11 +48,33 @@ use tracing::Instrument;
 use crate::LeafError;
 use crate::fault::FaultPlan;
 use crate::metrics::{LeafCounts, LeafMethod, LeafMetrics};
-use crate::shard::ShardSearcher;
+use crate::shard::{ShardSearcher, query_mode};
 
 /// Calls queued or running per search thread beyond which the leaf refuses
 /// new ones as overloaded.
 pub const MAX_CALLS_IN_FLIGHT_PER_THREAD: u32 = 64;
+/// The longest expected wait in the search queue a call is admitted with.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_millis(250);
+/// The longest type URL a payload may have (longer ones are refused unread).
+pub const MAX_TYPE_URL_BYTES: usize = 512;
+
+/// How much work a leaf takes on before it refuses more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeafAdmission {
+    /// Calls queued or running per search thread.
+    pub max_calls_in_flight_per_thread: u32,
+    /// The longest expected wait in the search queue.
+    pub max_queue_wait: Duration,
+}
+
+impl Default for LeafAdmission {
+    fn default() -> Self {
+        Self {
+            max_calls_in_flight_per_thread: MAX_CALLS_IN_FLIGHT_PER_THREAD,
+            max_queue_wait: MAX_QUEUE_WAIT,
+        }
+    }
+}
 
 /// Response metadata key of the leaf's [`LeafStats`].
 pub const LEAF_STATS_METADATA: &str = "fanout-leaf-stats";
@@ -98,8 +131,12 @@ pub fn capabilities() -> Vec<String> {
 pub struct LeafService {
     shard: Arc<ShardSearcher>,
     pool: CpuPool,
+    search_threads: u32,
     in_flight: Arc<AtomicU32>,
     max_in_flight: u32,
+    max_queue_wait: Duration,
+    /// Recent service time of the pool's work, in microseconds (an EWMA).
+    service_micros: Arc<AtomicU64>,
     faults: Arc<FaultPlan>,
     calls: AtomicU64,
     cancelled: Arc<AtomicU64>,
@@ -107,7 +144,12 @@ pub struct LeafService {
 }
 
 impl LeafService {
-    pub fn new(shard: Arc<ShardSearcher>, pool: CpuPool, search_threads: usize) -> LeafService {
+    pub fn new(
+        shard: Arc<ShardSearcher>,
+        pool: CpuPool,
+        search_threads: usize,
+        admission: LeafAdmission,
+    ) -> LeafService {
         let threads = u32::try_from(search_threads.max(1)).unwrap_or(u32::MAX);
         let in_flight = Arc::new(AtomicU32::new(0));
         let cancelled = Arc::new(AtomicU64::new(0));
@@ -119,8 +161,11 @@ impl LeafService {
         LeafService {
             shard,
             pool,
+            search_threads: threads,
             in_flight,
-            max_in_flight: threads.saturating_mul(MAX_CALLS_IN_FLIGHT_PER_THREAD),
+            max_in_flight: threads.saturating_mul(admission.max_calls_in_flight_per_thread),
+            max_queue_wait: admission.max_queue_wait,
+            service_micros: Arc::new(AtomicU64::new(0)),
             faults: Arc::new(FaultPlan::default()),
             calls: AtomicU64::new(0),
             cancelled,
@@ -165,8 +210,7 @@ impl LeafService {
     async fn execute_payload(
         &self,
         request: ExecuteRequest,
-        arrived: Instant,
-        queue_depth: u32,
+        call: CallContext,
     ) -> Result<ExecuteResponse, LeafError> {
         let served = self.shard.manifest().shard_id;
         if request.shard_id != served {
@@ -175,12 +219,25 @@ impl LeafService {
                 requested: request.shard_id,
             });
         }
-        if queue_depth >= self.max_in_flight {
+        if call.queue_depth >= self.max_in_flight {
             return Err(LeafError::Overloaded {
-                in_flight: queue_depth,
+                in_flight: call.queue_depth,
                 limit: self.max_in_flight,
             });
         }
+        let Some(payload) = request.payload else {
+            return Err(LeafError::MalformedPayload(
+                "the request has no payload".into(),
+            ));
+        };
+        if self.faults.aborts_on(&payload.value) {
+            tracing::error!(
+                request_id = %fanout_proto::status::quote(&request.request_id),
+                "injected fault: aborting on a marked request"
+            );
+            std::process::abort();
+        }
+        let work = self.decode_work(payload)?;
         let fault = self.faults.decide(&request.request_id);
         self.metrics.fault_decided(&fault);
         if fault.unavailable {
@@ -193,72 +250,168 @@ impl LeafService {
         if !fault.delay_before.is_zero() {
             tokio::time::sleep(fault.delay_before).await;
         }
-        let Some(payload) = request.payload else {
-            return Err(LeafError::MalformedPayload(
-                "the request has no payload".into(),
-            ));
-        };
-        let (payload, timings) = if is::<ShardSearchRequest>(&payload) {
-            let search: ShardSearchRequest = unpack(&payload).map_err(malformed)?;
-            self.run_on_pool(arrived, move |shard, is_cancelled| {
-                shard
-                    .search(&search, is_cancelled)
-                    .map(|response| pack(&response))
-            })
-            .await?
-        } else if is::<FetchRequest>(&payload) {
-            let fetch: FetchRequest = unpack(&payload).map_err(malformed)?;
-            self.run_on_pool(arrived, move |shard, is_cancelled| {
-                shard
-                    .fetch(&fetch, is_cancelled)
-                    .map(|response| pack(&response))
-            })
-            .await?
-        } else {
-            return Err(LeafError::UnsupportedPayload {
-                type_url: payload.type_url,
-                supported: capabilities().join(", "),
-            });
+        self.admit(&call)?;
+        let (payload, timings) = match work {
+            Work::Search(search) => {
+                self.run_on_pool(&call, move |shard, is_cancelled| {
+                    shard
+                        .search(&search, is_cancelled)
+                        .map(|response| pack(&response))
+                })
+                .await?
+            }
+            Work::Fetch(fetch) => {
+                self.run_on_pool(&call, move |shard, is_cancelled| {
+                    shard
+                        .fetch(&fetch, is_cancelled)
+                        .map(|response| pack(&response))
+                })
+                .await?
+            }
         };
         if let Some(factor) = fault.straggler_factor {
-            tokio::time::sleep(arrived.elapsed().mul_f64(factor - 1.0)).await;
+            tokio::time::sleep(call.arrived.elapsed().mul_f64(factor - 1.0)).await;
         }
+        let manifest = self.shard.manifest();
         Ok(ExecuteResponse {
             payload: Some(payload),
             timings: Some(LeafTimings {
                 queue_micros: micros(timings.queued),
                 service_micros: micros(timings.serviced),
-                queue_depth,
+                queue_depth: call.queue_depth,
             }),
+            docs_searched: self.shard.doc_count(),
+            generation: manifest.generation.clone(),
         })
     }
 
-    /// Runs `work` on the search pool and measures it.
+    /// The work a payload asks for, checked against the query limits before
+    /// anything runs.
+    fn decode_work(&self, payload: Any) -> Result<Work, LeafError> {
+        let limits: &QueryLimits = self.shard.query_limits();
+        if payload.type_url.len() > MAX_TYPE_URL_BYTES {
+            return Err(LeafError::UnsupportedPayload {
+                type_url: payload.type_url,
+                supported: capabilities().join(", "),
+            });
+        }
+        if is::<ShardSearchRequest>(&payload) {
+            let search: ShardSearchRequest = unpack(&payload).map_err(malformed)?;
+            check_query(&search.query, query_mode(search.mode)?, limits)?;
+            Ok(Work::Search(search))
+        } else if is::<FetchRequest>(&payload) {
+            let fetch: FetchRequest = unpack(&payload).map_err(malformed)?;
+            if fetch.snippets {
+                check_query(&fetch.query, query_mode(fetch.mode)?, limits)?;
+            }
+            Ok(Work::Fetch(fetch))
+        } else {
+            Err(LeafError::UnsupportedPayload {
+                type_url: payload.type_url,
+                supported: capabilities().join(", "),
+            })
+        }
+    }
+
+    /// Refuses a call that would wait in the queue longer than the leaf
+    /// allows or than its deadline leaves.
+    fn admit(&self, call: &CallContext) -> Result<(), LeafError> {
+        let queued =
+            u64::try_from(self.pool.stats().in_flight.load(Ordering::Relaxed)).unwrap_or(u64::MAX);
+        let service = Duration::from_micros(self.service_micros.load(Ordering::Relaxed));
+        // Work ahead of this call, spread over the threads, plus its own.
+        let expected_wait = service.saturating_mul(
+            u32::try_from(queued / u64::from(self.search_threads)).unwrap_or(u32::MAX),
+        );
+        if expected_wait > self.max_queue_wait {
+            return Err(LeafError::QueueTooLong {
+                expected_wait,
+                allowed: self.max_queue_wait,
+                bound: "the queue time limit",
+            });
+        }
+        if let Some(deadline) = call.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if expected_wait + service > left {
+                return Err(LeafError::QueueTooLong {
+                    expected_wait: expected_wait + service,
+                    allowed: left,
+                    bound: "the time the deadline leaves",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `work` on the search pool and measures it. Work still queued at
+    /// the call's deadline is not started; running work sees the deadline as
+    /// a cancellation.
     async fn run_on_pool<F>(
         &self,
-        arrived: Instant,
+        call: &CallContext,
         work: F,
     ) -> Result<(Any, WorkTimings), LeafError>
     where
         F: FnOnce(&ShardSearcher, &dyn Fn() -> bool) -> Result<Any, LeafError> + Send + 'static,
     {
         let shard = Arc::clone(&self.shard);
+        let service_micros = Arc::clone(&self.service_micros);
+        let arrived = call.arrived;
+        let deadline = call.deadline;
         let outcome = self
             .pool
             .run(move |cancellation| {
                 let started = Instant::now();
-                let result = work(&shard, &|| cancellation.is_cancelled());
-                let timings = WorkTimings {
-                    queued: started.duration_since(arrived),
-                    serviced: started.elapsed(),
+                let queued = started.duration_since(arrived);
+                if deadline.is_some_and(|deadline| started >= deadline) {
+                    let timings = WorkTimings {
+                        queued,
+                        serviced: Duration::ZERO,
+                    };
+                    return (Err(LeafError::DeadlineExpiredInQueue { queued }), timings);
+                }
+                let is_cancelled = || {
+                    cancellation.is_cancelled()
+                        || deadline.is_some_and(|deadline| Instant::now() >= deadline)
                 };
-                (result, timings)
+                let result = work(&shard, &is_cancelled);
+                let serviced = started.elapsed();
+                record_service_time(&service_micros, serviced);
+                (result, WorkTimings { queued, serviced })
             })
             .await;
         // The receiver is only gone if the worker panicked: we still await it.
         let (result, timings) = outcome.map_err(|_| LeafError::WorkerLost)?;
         Ok((result?, timings))
     }
+}
+
+/// What the leaf knows of one call when it arrives.
+struct CallContext {
+    arrived: Instant,
+    /// From the caller's `grpc-timeout`.
+    deadline: Option<Instant>,
+    /// Calls already in flight when this one arrived.
+    queue_depth: u32,
+}
+
+/// A decoded Execute payload.
+enum Work {
+    Search(ShardSearchRequest),
+    Fetch(FetchRequest),
+}
+
+/// Folds one service time into the recent-service-time EWMA (weight 1/8).
+fn record_service_time(ewma_micros: &AtomicU64, serviced: Duration) {
+    let sample = micros(serviced);
+    let previous = ewma_micros.load(Ordering::Relaxed);
+    let next = if previous == 0 {
+        sample
+    } else {
+        previous - previous / 8 + sample / 8
+    };
+    // A lost update between two threads only skips one sample.
+    ewma_micros.store(next, Ordering::Relaxed);
 }
 
 struct WorkTimings {
@@ -331,7 +484,21 @@ impl Leaf for LeafService {
             metrics: &self.metrics,
             answered: false,
         };
-        let call = InFlightCall::enter(&self.in_flight);
+        let in_flight = InFlightCall::enter(&self.in_flight);
+        let timeout = match timeout_from_metadata(request.metadata()) {
+            Ok(timeout) => timeout,
+            Err(error) => {
+                watch.answered = true;
+                self.metrics
+                    .call_finished(LeafMethod::Execute, Code::InvalidArgument);
+                return Err(Status::invalid_argument(error.to_string()));
+            }
+        };
+        let call = CallContext {
+            arrived,
+            deadline: timeout.and_then(|timeout| arrived.checked_add(timeout)),
+            queue_depth: in_flight.depth_at_arrival,
+        };
         let request = request.into_inner();
         let is_search = request
             .payload
@@ -341,23 +508,19 @@ impl Leaf for LeafService {
             .payload
             .as_ref()
             .map(|payload| {
-                payload
-                    .type_url
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
+                let name = payload.type_url.rsplit('/').next().unwrap_or_default();
+                fanout_proto::status::quote(name)
             })
             .unwrap_or_default();
         let span = tracing::debug_span!(
             "execute",
-            request_id = %request.request_id,
+            request_id = %fanout_proto::status::quote(&request.request_id),
             attempt = request.attempt,
             shard = request.shard_id,
             payload = %payload_type,
         );
         let result = self
-            .execute_payload(request, arrived, call.depth_at_arrival)
+            .execute_payload(request, call)
             .instrument(span.clone())
             .await;
         watch.answered = true;
@@ -401,7 +564,9 @@ fn log_failure(error: &LeafError) {
         | LeafError::Io { .. }
         | LeafError::WorkerLost
         | LeafError::GlobalStatistics { .. } => tracing::error!(%error, "execute failed"),
-        LeafError::Overloaded { .. } | LeafError::WrongShard { .. } => {
+        LeafError::Overloaded { .. }
+        | LeafError::QueueTooLong { .. }
+        | LeafError::WrongShard { .. } => {
             tracing::warn!(%error, "execute refused")
         }
         _ => tracing::debug!(%error, "execute failed"),
@@ -415,7 +580,12 @@ mod tests {
 
     fn service(scratch: &std::path::Path) -> LeafService {
         let shard = Arc::new(small_shard(scratch));
-        LeafService::new(shard, CpuPool::new("test", 1).unwrap(), 1)
+        LeafService::new(
+            shard,
+            CpuPool::new("test", 1).unwrap(),
+            1,
+            LeafAdmission::default(),
+        )
     }
 
     fn search_request() -> ExecuteRequest {
@@ -467,9 +637,9 @@ mod tests {
         drop(cancelled);
         let text = service.metrics_registry().render();
         for line in [
-            "fanout_leaf_calls_total{method=\"execute\",code=\"RESOURCE_EXHAUSTED\"} 1\n",
-            "fanout_leaf_calls_total{method=\"execute\",code=\"OK\"} 1\n",
-            "fanout_leaf_calls_total{method=\"execute\",code=\"CANCELLED\"} 1\n",
+            "fanout_leaf_calls_total{code=\"RESOURCE_EXHAUSTED\",method=\"execute\"} 1\n",
+            "fanout_leaf_calls_total{code=\"OK\",method=\"execute\"} 1\n",
+            "fanout_leaf_calls_total{code=\"CANCELLED\",method=\"execute\"} 1\n",
             "fanout_leaf_cancelled_calls_total 1\n",
             "fanout_leaf_search_duration_seconds_count 1\n",
         ] {

@@ -2,12 +2,13 @@
 //! the global winners (phase two). Everything here is synchronous CPU work;
 //! the service runs it on the leaf's rayon pool.
 //!
-//! Search scores with the build's global statistics when the shard has them
-//! (`global-stats.bin`), so that its scores equal those of one index over the
-//! whole corpus; without them it scores with its own statistics and says so
-//! in the log when it opens.
+//! Search scores with the build's global statistics (`global-stats.bin`), so
+//! that its scores equal those of one index over the whole corpus; a shard
+//! without them is refused when it opens.
 
 use std::path::{Path, PathBuf};
+
+use fanout_proto::search::limits::QueryLimits;
 
 use fanout_proto::search::v1::{
     FetchRequest, FetchResponse, FetchedDoc, ShardHit, ShardSearchRequest, ShardSearchResponse,
@@ -24,8 +25,10 @@ use tantivy::{
 use crate::LeafError;
 use crate::collector::{SearchAfterKey, TopHits, TopHitsCollector};
 use crate::global_stats::GlobalStatistics;
-use crate::manifest::{ShardManifest, read_shard_manifest};
-use crate::query::{QueryMode, apply_filters, build_query};
+use crate::manifest::{
+    INDEX_MANIFEST_FILE_NAME, ShardManifest, read_index_manifest, read_shard_manifest,
+};
+use crate::query::{QueryBudget, QueryMode, apply_filters, build_query_within};
 use crate::schema::{ID_FIELD, SearchFields, TITLE_FIELD, register_tokenizers};
 
 /// Hits per request when the request says 0.
@@ -34,14 +37,16 @@ pub const DEFAULT_K: u32 = 10;
 pub const MAX_K: u32 = 10_000;
 /// Longest snippet, in characters.
 pub const SNIPPET_MAX_CHARS: usize = 200;
+/// The most filters one search may carry.
+pub const MAX_FILTERS: usize = 64;
 /// Stored fields a fetch returns when it names none.
 pub const DEFAULT_FETCH_FIELDS: [&str; 2] = [ID_FIELD, TITLE_FIELD];
 
 /// Opens an index written by `build_index` (one shard directory, or the only
-/// shard of a one-shard build) with fanout's analyzers registered, for use
-/// as the single-index reference.
+/// shard of a one-shard build), read-only, with fanout's analyzers
+/// registered, for use as the single-index reference.
 pub fn open_reference_index(dir: &Path) -> Result<Index, LeafError> {
-    let index = Index::open_in_dir(dir)?;
+    let index = Index::open(crate::read_only::ReadOnlyDirectory::open(dir)?)?;
     register_tokenizers(&index);
     SearchFields::from_schema(&index.schema())?;
     Ok(index)
@@ -57,14 +62,19 @@ pub struct ShardSearcher {
     _reader: IndexReader,
     searcher: Searcher,
     fields: SearchFields,
-    statistics: Option<GlobalStatistics>,
+    statistics: GlobalStatistics,
+    limits: QueryLimits,
 }
 
 impl ShardSearcher {
     /// Opens the shard in `shard_dir`: its manifest, its index and its global
-    /// statistics (refused when they belong to another build).
+    /// statistics. Refused unless the shard belongs to a complete build (the
+    /// build's `index.json` beside it lists it, with the same generation)
+    /// and has the build's global statistics: a shard scoring with its own
+    /// statistics would rank differently from its siblings.
     pub fn open(shard_dir: &Path) -> Result<ShardSearcher, LeafError> {
         let manifest = read_shard_manifest(shard_dir)?;
+        check_build_is_complete(shard_dir, &manifest)?;
         let index = open_reference_index(shard_dir)?;
         let fields = SearchFields::from_schema(&index.schema())?;
         let reader = index
@@ -72,22 +82,23 @@ impl ShardSearcher {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let searcher = reader.searcher();
-        let statistics = GlobalStatistics::load_for_shard(shard_dir, &manifest, &index.schema())?;
-        match &statistics {
-            Some(statistics) => tracing::info!(
-                shard = manifest.shard_id,
-                docs = searcher.num_docs(),
-                corpus_docs = statistics.total_docs(),
-                terms = statistics.term_count(),
-                "scoring with the build's global statistics"
-            ),
-            None => tracing::warn!(
-                shard = manifest.shard_id,
-                dir = %shard_dir.display(),
-                "the shard has no global statistics file: scoring with this shard's own statistics, \
-                 so its scores are not comparable with other shards'"
-            ),
-        }
+        let Some(statistics) =
+            GlobalStatistics::load_for_shard(shard_dir, &manifest, &index.schema())?
+        else {
+            return Err(LeafError::GlobalStatistics {
+                path: shard_dir.join(crate::GLOBAL_STATS_FILE_NAME),
+                reason: "missing: the shard's scores would not be comparable with its siblings'; \
+                         rebuild the index with fanout index"
+                    .to_owned(),
+            });
+        };
+        tracing::info!(
+            shard = manifest.shard_id,
+            docs = searcher.num_docs(),
+            corpus_docs = statistics.total_docs(),
+            terms = statistics.term_count(),
+            "scoring with the build's global statistics"
+        );
         if searcher.num_docs() != manifest.doc_count {
             tracing::warn!(
                 shard = manifest.shard_id,
@@ -104,7 +115,25 @@ impl ShardSearcher {
             searcher,
             fields,
             statistics,
+            limits: QueryLimits::DEFAULT,
         })
+    }
+
+    /// The same shard with `limits` on the queries it accepts.
+    pub fn with_query_limits(mut self, limits: QueryLimits) -> ShardSearcher {
+        self.limits = limits;
+        self
+    }
+
+    pub fn query_limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    fn budget<'a>(&'a self, is_cancelled: &'a dyn Fn() -> bool) -> QueryBudget<'a> {
+        QueryBudget {
+            limits: &self.limits,
+            is_cancelled,
+        }
     }
 
     pub fn manifest(&self) -> &ShardManifest {
@@ -122,11 +151,6 @@ impl ShardSearcher {
     /// Documents in this shard.
     pub fn doc_count(&self) -> u64 {
         self.searcher.num_docs()
-    }
-
-    /// Whether scores use the build's global statistics.
-    pub fn has_global_statistics(&self) -> bool {
-        self.statistics.is_some()
     }
 
     /// Phase one: this shard's top k for the request. `is_cancelled` is
@@ -159,7 +183,18 @@ impl ShardSearcher {
                 id: after.id.clone(),
             }),
         };
-        let query = build_query(&self.index, &request.query, mode)?;
+        if request.filters.len() > MAX_FILTERS {
+            return Err(LeafError::InvalidRequest(format!(
+                "{} filters, more than the limit of {MAX_FILTERS}",
+                request.filters.len()
+            )));
+        }
+        let query = build_query_within(
+            &self.index,
+            &request.query,
+            mode,
+            &self.budget(is_cancelled),
+        )?;
         let query = apply_filters(query, &request.filters, &self.fields)?;
         let top = self.collect_top_hits(query.as_ref(), k as usize, search_after, is_cancelled)?;
         let shard_id = self.manifest.shard_id;
@@ -188,13 +223,9 @@ impl ShardSearcher {
         search_after: Option<SearchAfterKey>,
         is_cancelled: &dyn Fn() -> bool,
     ) -> Result<TopHits, LeafError> {
-        let scoring = match &self.statistics {
-            Some(statistics) => {
-                EnableScoring::enabled_from_statistics_provider(statistics, &self.searcher)
-            }
-            None => EnableScoring::enabled_from_searcher(&self.searcher),
-        };
-        let weight = query.weight(scoring)?;
+        let scoring =
+            EnableScoring::enabled_from_statistics_provider(&self.statistics, &self.searcher);
+        let weight = query.weight(scoring).map_err(query_error)?;
         let collector = TopHitsCollector::new(k, search_after);
         let mut fruits = Vec::with_capacity(self.searcher.segment_readers().len());
         for (segment_ord, segment) in (0u32..).zip(self.searcher.segment_readers()) {
@@ -214,11 +245,23 @@ impl ShardSearcher {
         request: &FetchRequest,
         is_cancelled: &dyn Fn() -> bool,
     ) -> Result<FetchResponse, LeafError> {
+        if request.hits.len() > MAX_K as usize {
+            return Err(LeafError::InvalidRequest(format!(
+                "fetch of {} hits, more than the limit of {MAX_K}",
+                request.hits.len()
+            )));
+        }
         let requested_fields = self.requested_fields(&request.fields)?;
         let snippets = if request.snippets {
-            let query = build_query(&self.index, &request.query, query_mode(request.mode)?)?;
+            let query = build_query_within(
+                &self.index,
+                &request.query,
+                query_mode(request.mode)?,
+                &self.budget(is_cancelled),
+            )?;
             let mut generator =
-                SnippetGenerator::create(&self.searcher, query.as_ref(), self.fields.text)?;
+                SnippetGenerator::create(&self.searcher, query.as_ref(), self.fields.text)
+                    .map_err(query_error)?;
             generator.set_max_num_chars(SNIPPET_MAX_CHARS);
             Some(generator)
         } else {
@@ -257,21 +300,26 @@ impl ShardSearcher {
         Ok(FetchResponse { docs })
     }
 
+    /// The stored fields a fetch asks for, each once, in the order first asked.
     fn requested_fields(&self, names: &[String]) -> Result<Vec<(String, Field)>, LeafError> {
         let names: Vec<&str> = if names.is_empty() {
             DEFAULT_FETCH_FIELDS.to_vec()
         } else {
             names.iter().map(String::as_str).collect()
         };
-        names
-            .into_iter()
-            .map(|name| match self.fields.stored_field(name) {
-                Some(field) => Ok((name.to_string(), field)),
-                None => Err(LeafError::UnknownStoredField {
+        let mut fields: Vec<(String, Field)> = Vec::new();
+        for name in names {
+            if fields.iter().any(|(known, _)| known == name) {
+                continue;
+            }
+            let Some(field) = self.fields.stored_field(name) else {
+                return Err(LeafError::UnknownStoredField {
                     field: name.to_string(),
-                }),
-            })
-            .collect()
+                });
+            };
+            fields.push((name.to_string(), field));
+        }
+        Ok(fields)
     }
 
     /// The stored document of `hit`: by its address when that is trustworthy
@@ -335,7 +383,7 @@ impl ShardSearcher {
 }
 
 /// The query mode of a request's raw enum value.
-fn query_mode(raw: i32) -> Result<QueryMode, LeafError> {
+pub(crate) fn query_mode(raw: i32) -> Result<QueryMode, LeafError> {
     QueryMode::try_from(raw)
         .map_err(|_| LeafError::InvalidRequest(format!("unknown query mode {raw}")))
 }
@@ -383,6 +431,53 @@ fn escape_html(text: &str) -> String {
     escaped
 }
 
+/// Checks that `shard_dir` is a shard of a finished build: the build writes
+/// `index.json` into the folder above the shards last.
+fn check_build_is_complete(shard_dir: &Path, manifest: &ShardManifest) -> Result<(), LeafError> {
+    let build_dir = shard_dir.parent().unwrap_or(Path::new("."));
+    let incomplete = |reason: String| LeafError::Manifest {
+        path: build_dir.join(INDEX_MANIFEST_FILE_NAME),
+        reason,
+    };
+    if !build_dir.join(INDEX_MANIFEST_FILE_NAME).exists() {
+        return Err(incomplete(
+            "missing: the shard is not part of a finished build (fanout index writes it last)"
+                .to_owned(),
+        ));
+    }
+    let index = read_index_manifest(build_dir)?;
+    if index.generation != manifest.generation {
+        return Err(incomplete(format!(
+            "it is generation {:?} but the shard is generation {:?}",
+            index.generation, manifest.generation
+        )));
+    }
+    if index.shard_count != manifest.shard_count {
+        return Err(incomplete(format!(
+            "it lists {} shards but the shard belongs to a build of {}",
+            index.shard_count, manifest.shard_count
+        )));
+    }
+    Ok(())
+}
+
+/// A tantivy error while turning a parsed query into its weight: a query
+/// that asks for what the schema cannot do (`title:*` needs a fast field)
+/// is the caller's, anything else the shard's.
+fn query_error(error: tantivy::TantivyError) -> LeafError {
+    match error {
+        tantivy::TantivyError::FieldNotFound(field) => LeafError::UnsupportedQuery(format!(
+            "no field named {}",
+            fanout_proto::status::quote(&field)
+        )),
+        tantivy::TantivyError::SchemaError(message)
+        | tantivy::TantivyError::InvalidArgument(message) => {
+            LeafError::UnsupportedQuery(fanout_proto::status::bounded(message))
+        }
+        other => LeafError::Tantivy(other),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -419,7 +514,7 @@ pub(crate) mod tests {
             out_dir: out_dir.clone(),
             shards: 1,
             threads: 1,
-            writer_memory_bytes: 15_000_000,
+            writer_memory_bytes: 64 << 20,
             ..IndexBuildOptions::default()
         })
         .unwrap();
@@ -535,11 +630,35 @@ pub(crate) mod tests {
         let text = "word ".repeat(100);
         let scratch = tempfile::tempdir().unwrap();
         let shard = small_shard(scratch.path());
-        let query = build_query(shard.index(), "absent", QueryMode::Natural).unwrap();
+        let query = crate::build_query(shard.index(), "absent", QueryMode::Natural).unwrap();
         let generator =
             SnippetGenerator::create(&shard.searcher, query.as_ref(), shard.fields.text).unwrap();
         let snippet = snippet_html(&generator, &text);
         assert!(snippet.len() <= SNIPPET_MAX_CHARS);
         assert!(snippet.ends_with("word"), "{snippet:?}");
+    }
+
+    #[test]
+    fn a_shard_of_an_unfinished_build_or_without_statistics_is_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let shard = small_shard(scratch.path());
+        let shard_dir = shard.dir().to_path_buf();
+        drop(shard);
+        let build_dir = shard_dir.parent().unwrap();
+
+        let stats = shard_dir.join(crate::GLOBAL_STATS_FILE_NAME);
+        let saved = std::fs::read(&stats).unwrap();
+        std::fs::remove_file(&stats).unwrap();
+        let error = ShardSearcher::open(&shard_dir).err().unwrap();
+        assert!(
+            error.to_string().contains("global-stats.bin: missing"),
+            "{error}"
+        );
+        std::fs::write(&stats, saved).unwrap();
+
+        let index_json = build_dir.join(INDEX_MANIFEST_FILE_NAME);
+        std::fs::remove_file(&index_json).unwrap();
+        let error = ShardSearcher::open(&shard_dir).err().unwrap();
+        assert!(error.to_string().contains("index.json: missing"), "{error}");
     }
 }

@@ -16,7 +16,6 @@ use fanout_proto::search::v1::{
 };
 use fanout_proto::v1::leaf_client::LeafClient;
 use fanout_proto::v1::{ExecuteRequest, InfoRequest};
-use fanout_runtime::serve::DrainOptions;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -81,7 +80,7 @@ fn build_small_index(out_dir: &Path) {
         out_dir: out_dir.to_path_buf(),
         shards: SHARDS,
         threads: 1,
-        writer_memory_bytes: 15_000_000,
+        writer_memory_bytes: 64 << 20,
         ..IndexBuildOptions::default()
     })
     .unwrap();
@@ -97,9 +96,8 @@ struct RunningLeaf {
 impl RunningLeaf {
     async fn start(shard_dir: &Path) -> RunningLeaf {
         let server = LeafServer::open(LeafConfig {
-            shard_dir: shard_dir.to_path_buf(),
             search_threads: 2,
-            drain: DrainOptions::default(),
+            ..LeafConfig::new(shard_dir)
         })
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -421,9 +419,8 @@ fn refuses_global_statistics_of_another_build() {
     )
     .unwrap();
     let error = LeafServer::open(LeafConfig {
-        shard_dir,
         search_threads: 1,
-        drain: DrainOptions::default(),
+        ..LeafConfig::new(shard_dir)
     })
     .err()
     .expect("statistics of another generation are refused");
