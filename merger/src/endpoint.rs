@@ -38,11 +38,13 @@ use fanout_proto::v1::merge_input::Kind as InputKind;
 use fanout_proto::v1::merge_output::Kind as OutputKind;
 use fanout_proto::v1::merger_client::MergerClient;
 use fanout_proto::v1::{MergeEnd, MergeInput, MergeOutput, MergeStart, ShardPartial};
+use fanout_runtime::client::{grpc_url, internal_endpoint, lazy_channel};
+use fanout_runtime::tls::ClientTls;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 use crate::error::MergerError;
@@ -73,20 +75,24 @@ impl std::fmt::Debug for MergerEndpoint {
 impl MergerEndpoint {
     /// A remote endpoint for the merger at `url` ("http://127.0.0.1:7000" or
     /// just "127.0.0.1:7000"). The channel connects lazily, on the first
-    /// request, with TCP_NODELAY; requests are sent gzip-compressed and gzip or
+    /// request, with the settings of every internal hop
+    /// ([`internal_endpoint`]); requests are sent gzip-compressed and gzip or
     /// zstd responses accepted.
     pub async fn connect(url: &str) -> Result<MergerEndpoint, MergerError> {
-        let full_url = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
+        Self::connect_with(url, None).await
+    }
+
+    /// [`connect`](Self::connect), over TLS when `tls` is given.
+    pub async fn connect_with(
+        url: &str,
+        tls: Option<&ClientTls>,
+    ) -> Result<MergerEndpoint, MergerError> {
+        let invalid = |reason: String| MergerError::InvalidUrl {
+            url: url.to_owned(),
+            reason,
         };
-        let endpoint =
-            Endpoint::from_shared(full_url).map_err(|source| MergerError::InvalidUrl {
-                url: url.to_owned(),
-                source,
-            })?;
-        let channel = endpoint.tcp_nodelay(true).connect_lazy();
+        let full_url = grpc_url(url).map_err(invalid)?;
+        let channel = lazy_channel(&internal_endpoint(&full_url, tls, None).map_err(invalid)?);
         let client = MergerClient::new(channel)
             .send_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Gzip)

@@ -12,12 +12,8 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum MergerError {
     /// `MergerEndpoint::connect` was given something that is not a URL.
-    #[error("invalid merger url {url:?}: {source}")]
-    InvalidUrl {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("invalid merger url {}: {reason}", fanout_proto::status::quote(.url))]
+    InvalidUrl { url: String, reason: String },
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -35,6 +31,10 @@ pub enum MergerError {
     ClientWentAway(String),
     #[error("merge deadline exceeded")]
     DeadlineExceeded,
+    #[error("input after end")]
+    InputAfterEnd,
+    #[error("merger overloaded: {limit} merges are open, the limit")]
+    TooManySessions { limit: usize },
     #[error("unusable grpc-timeout: {0}")]
     InvalidTimeout(#[from] TimeoutError),
 
@@ -73,7 +73,9 @@ impl From<MergerError> for Status {
             | MergerError::PartialWithoutPayload { .. }
             | MergerError::WrongPayload(_)
             | MergerError::ShardOutOfRange { .. }
+            | MergerError::InputAfterEnd
             | MergerError::NanScore { .. } => Code::InvalidArgument,
+            MergerError::TooManySessions { .. } => Code::ResourceExhausted,
             MergerError::InputEndedBeforeEnd => Code::Aborted,
             MergerError::ClientWentAway(_) => Code::Cancelled,
             MergerError::DeadlineExceeded => Code::DeadlineExceeded,

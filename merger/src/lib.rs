@@ -13,16 +13,21 @@
 //!   merger process's server ([`serve`]), with health, reflection and drain.
 //! - [`endpoint`]: the root's side, [`MergerEndpoint`] (embedded or remote)
 //!   and the per-request [`MergeSession`].
+//! - [`failover`]: no single point of failure: [`MergerSet`], the mergers a
+//!   root may use in order (and an in-process fallback), and the
+//!   [`FailoverSession`] that replays a request's merge into the next one.
 //! - [`error`]: [`MergerError`] and its one mapping to `tonic::Status`.
 
 pub mod endpoint;
 pub mod error;
+pub mod failover;
 pub mod merge;
 pub mod service;
 pub mod top_k;
 
 pub use endpoint::{MergeSession, MergerEndpoint};
 pub use error::MergerError;
+pub use failover::{FailoverSession, MergeTargetCounts, MergerSet};
 pub use merge::{Merge, MergeState, Progress};
-pub use service::{MergerService, merger_service, serve};
+pub use service::{MergerLimits, MergerService, merger_service, serve, serve_over};
 pub use top_k::TopKMerge;

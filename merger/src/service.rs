@@ -9,18 +9,27 @@
 //! - INVALID_ARGUMENT when the first message is not `start` (or `start` repeats);
 //! - ABORTED when the input ends before `end`, CANCELLED when it breaks
 //!   (both: the client went away, logged at debug);
-//! - DEADLINE_EXCEEDED once the call's `grpc-timeout` has passed.
+//! - INVALID_ARGUMENT when a message follows `end` (after the result);
+//! - DEADLINE_EXCEEDED once the call's `grpc-timeout` has passed, or, for a
+//!   call that sets none, after [`MergerLimits::max_session_time`];
+//! - RESOURCE_EXHAUSTED at once when [`MergerLimits::max_sessions`] merges
+//!   are already open (retryable: the root tries its next merger).
+//!
+//! What a call holds is freed when it ends, whichever way: the state lives
+//! in the response stream, which tonic drops when the client goes away.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use fanout_proto::v1::merge_input::Kind as InputKind;
 use fanout_proto::v1::merge_output::Kind as OutputKind;
 use fanout_proto::v1::merger_server::{Merger, MergerServer};
 use fanout_proto::v1::{Enough, MergeInput, MergeOutput, MergeResult};
 use fanout_runtime::deadline::timeout_from_metadata;
-use fanout_runtime::serve::{DrainOptions, GrpcService};
+use fanout_runtime::serve::{DrainOptions, GrpcService, ServerTransport};
 use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -35,15 +44,61 @@ use crate::merge::{Merge, MergeState, Progress};
 /// The stream of outputs of one `Merge` call.
 pub type MergeOutputStream = Pin<Box<dyn Stream<Item = Result<MergeOutput, Status>> + Send>>;
 
+/// How much a merger takes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergerLimits {
+    /// Merges open at once.
+    pub max_sessions: usize,
+    /// The longest a merge whose caller set no deadline may stay open.
+    pub max_session_time: Duration,
+}
+
+impl Default for MergerLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1024,
+            max_session_time: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The largest input message a merger decodes (a partial of 10,000 hits is
+/// well under 1 MiB).
+pub const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
+
 /// The `fanout.v1.Merger` implementation around one [`Merge`].
 #[derive(Clone)]
 pub struct MergerService {
     merge: Arc<dyn Merge>,
+    limits: MergerLimits,
+    open_sessions: Arc<AtomicUsize>,
 }
 
 impl MergerService {
     pub fn new(merge: Arc<dyn Merge>) -> Self {
-        Self { merge }
+        Self::with_limits(merge, MergerLimits::default())
+    }
+
+    pub fn with_limits(merge: Arc<dyn Merge>, limits: MergerLimits) -> Self {
+        Self {
+            merge,
+            limits,
+            open_sessions: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Merges open now.
+    pub fn open_sessions(&self) -> usize {
+        self.open_sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a merge as open until dropped.
+struct OpenSession(Arc<AtomicUsize>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -55,27 +110,50 @@ impl std::fmt::Debug for MergerService {
 
 /// `merge` as a gRPC service, ready for a tonic router: accepts gzip and zstd
 /// requests, compresses responses with gzip when the client accepts it.
-pub fn merger_service(merge: Arc<dyn Merge>) -> MergerServer<MergerService> {
-    MergerServer::new(MergerService::new(merge))
+pub fn merger_service(merge: Arc<dyn Merge>, limits: MergerLimits) -> MergerServer<MergerService> {
+    MergerServer::new(MergerService::with_limits(merge, limits))
+        .max_decoding_message_size(MAX_INPUT_BYTES)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
 }
 
-/// Serves `merge` on `listener` (with health and reflection) until `shutdown`
-/// resolves, then drains as `drain` says.
+/// Serves `merge` on `listener` (with health and reflection) in plaintext
+/// until `shutdown` resolves, then drains as `drain` says.
 pub async fn serve(
     listener: TcpListener,
     merge: Arc<dyn Merge>,
+    limits: MergerLimits,
+    drain: DrainOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MergerError> {
+    serve_over(
+        listener,
+        ServerTransport::default(),
+        merge,
+        limits,
+        drain,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] over `transport` (TLS, a health listener of its own).
+pub async fn serve_over(
+    listener: TcpListener,
+    transport: ServerTransport,
+    merge: Arc<dyn Merge>,
+    limits: MergerLimits,
     drain: DrainOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MergerError> {
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "merger serving");
+        tracing::info!(%address, tls = transport.tls.is_some(), "merger serving");
     }
-    let routes = Routes::new(merger_service(merge));
+    let routes = Routes::new(merger_service(merge, limits));
     let service_names = vec![<MergerServer<MergerService> as NamedService>::NAME];
     GrpcService::new(routes, service_names)
+        .with_transport(transport)
         .serve(listener, drain, shutdown)
         .await?;
     Ok(())
@@ -90,11 +168,21 @@ impl Merger for MergerService {
         request: Request<Streaming<MergeInput>>,
     ) -> Result<Response<Self::MergeStream>, Status> {
         let timeout = timeout_from_metadata(request.metadata()).map_err(MergerError::from)?;
+        let open = self.open_sessions.fetch_add(1, Ordering::Relaxed);
+        let session = OpenSession(Arc::clone(&self.open_sessions));
+        if open >= self.limits.max_sessions {
+            return Err(MergerError::TooManySessions {
+                limit: self.limits.max_sessions,
+            }
+            .into());
+        }
+        let timeout = timeout.unwrap_or(self.limits.max_session_time);
         let call = MergeCall {
             merge: Arc::clone(&self.merge),
             inputs: request.into_inner(),
-            deadline: timeout.map(|timeout| Instant::now() + timeout),
+            deadline: Some(Instant::now() + timeout),
             phase: Phase::AwaitingStart,
+            _session: session,
         };
         let outputs = futures::stream::unfold(call, |mut call| async move {
             let output = call.next_output().await?;
@@ -110,6 +198,7 @@ struct MergeCall {
     inputs: Streaming<MergeInput>,
     deadline: Option<Instant>,
     phase: Phase,
+    _session: OpenSession,
 }
 
 enum Phase {
@@ -118,6 +207,8 @@ enum Phase {
         state: Box<dyn MergeState>,
         enough_sent: bool,
     },
+    /// The result was sent; the input must end without another message.
+    Answered,
     Done,
 }
 
@@ -126,8 +217,17 @@ impl MergeCall {
     /// is over.
     async fn next_output(&mut self) -> Option<Result<MergeOutput, Status>> {
         loop {
-            if matches!(self.phase, Phase::Done) {
-                return None;
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Answered => {
+                    self.phase = Phase::Done;
+                    return match self.next_input().await {
+                        Ok(_) => Some(Err(MergerError::InputAfterEnd.into())),
+                        // The input ended (or broke): the call is over.
+                        Err(_) => None,
+                    };
+                }
+                Phase::AwaitingStart | Phase::Merging { .. } => {}
             }
             let step = match self.next_input().await {
                 Ok(kind) => self.take(kind),
@@ -206,14 +306,15 @@ impl MergeCall {
             }
             (Phase::Merging { state, .. }, InputKind::End(end)) => {
                 let payload = state.finish(end)?;
+                self.phase = Phase::Answered;
                 Ok(Some(MergeOutput {
                     kind: Some(OutputKind::Result(MergeResult {
                         payload: Some(payload),
                     })),
                 }))
             }
-            // next_output never reads input once the call is done.
-            (Phase::Done, _) => Ok(None),
+            // next_output never reads input once the result is sent.
+            (Phase::Answered | Phase::Done, _) => Ok(None),
         }
     }
 }

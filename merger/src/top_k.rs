@@ -212,6 +212,7 @@ impl Eq for RankedHit {}
 mod tests {
     use super::*;
     use fanout_proto::search::v1::SearchAfter;
+    use fanout_runtime::hashing::SplitMix64;
     use tonic::Code;
 
     fn hit(id: &str, score: f32) -> ShardHit {
@@ -464,26 +465,19 @@ mod tests {
         assert_eq!(ids_and_scores(&response), vec![("a".into(), 1.0, 0)]);
     }
 
-    /// SplitMix64: a tiny deterministic generator, enough to vary test inputs.
-    struct SplitMix64(u64);
+    /// SplitMix64 (`fanout_runtime::hashing`): a tiny deterministic
+    /// generator, enough to vary test inputs.
+    struct TestRandom(SplitMix64);
 
-    impl SplitMix64 {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
+    impl TestRandom {
         fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
+            self.0.next_u64() % bound
         }
     }
 
     #[test]
     fn incremental_merge_equals_sorting_everything() {
-        let mut random = SplitMix64(0x5eed);
+        let mut random = TestRandom(SplitMix64::new(0x5eed));
         for round in 0..300 {
             let shard_count = 1 + random.below(6) as u32;
             let k = random.below(12) as u32; // 0 exercises the default

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_merger::{Merge, MergeState, MergerEndpoint, Progress, TopKMerge, serve};
+use fanout_merger::{
+    Merge, MergeState, MergerEndpoint, MergerLimits, MergerSet, Progress, TopKMerge, serve,
+};
 use fanout_proto::any;
 use fanout_proto::search::v1::{ShardHit, ShardSearchRequest, ShardSearchResponse};
 use fanout_proto::v1::merge_input::Kind as InputKind;
@@ -28,6 +30,10 @@ struct RunningMerger {
 
 impl RunningMerger {
     async fn start(merge: Arc<dyn Merge>) -> RunningMerger {
+        Self::start_with(merge, MergerLimits::default()).await
+    }
+
+    async fn start_with(merge: Arc<dyn Merge>, limits: MergerLimits) -> RunningMerger {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -35,7 +41,7 @@ impl RunningMerger {
             drain_delay: Duration::ZERO,
             grace: Duration::from_secs(2),
         };
-        let server = tokio::spawn(serve(listener, merge, drain, async move {
+        let server = tokio::spawn(serve(listener, merge, limits, drain, async move {
             let _ = stopped.await;
         }));
         RunningMerger {
@@ -436,4 +442,156 @@ async fn an_input_closed_before_end_is_aborted() {
     assert_eq!(response.hits[0].id, "apt");
     assert!(outputs.message().await.unwrap().is_none());
     merger.stop().await;
+}
+
+fn raw_inputs(messages: Vec<InputKind>) -> impl tokio_stream::Stream<Item = MergeInput> {
+    tokio_stream::iter(
+        messages
+            .into_iter()
+            .map(|kind| MergeInput { kind: Some(kind) })
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[tokio::test]
+async fn a_message_after_end_is_invalid_argument_after_the_result() {
+    let merger = RunningMerger::start(Arc::new(TopKMerge)).await;
+    let mut client = MergerClient::connect(format!("http://{}", merger.address))
+        .await
+        .unwrap();
+    let inputs = raw_inputs(vec![
+        InputKind::Start(search_start(4, 3)),
+        InputKind::End(end()),
+        InputKind::Partial(search_partial(0, &[("apt", 1.0)])),
+    ]);
+    let mut outputs = client.merge(inputs).await.unwrap().into_inner();
+    let first = outputs.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(OutputKind::Result(_))));
+    let status = outputs.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    assert_eq!(status.message(), "input after end");
+    merger.stop().await;
+}
+
+#[tokio::test]
+async fn merges_beyond_the_limit_are_refused_and_a_cut_one_frees_its_place() {
+    let limits = MergerLimits {
+        max_sessions: 1,
+        max_session_time: Duration::from_secs(60),
+    };
+    let merger = RunningMerger::start_with(Arc::new(TopKMerge), limits).await;
+    let endpoint = merger.endpoint().await;
+    let mut held = endpoint.open(search_start(4, 3), None).await.unwrap();
+    held.add_partial(search_partial(0, &[("apt", 1.0)]))
+        .await
+        .unwrap();
+    let refused = merge_through(&endpoint, search_start(4, 3), three_partials())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    // The held merge is cut midway: the merger frees it.
+    drop(held);
+    let answered = within_a_while(async {
+        loop {
+            match merge_through(&endpoint, search_start(4, 3), three_partials()).await {
+                Ok(response) => return response,
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(status) => panic!("{status}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(answered.hits.len(), 4);
+    merger.stop().await;
+}
+
+#[tokio::test]
+async fn a_merge_without_a_deadline_ends_after_the_session_limit() {
+    let limits = MergerLimits {
+        max_sessions: 8,
+        max_session_time: Duration::from_millis(200),
+    };
+    let merger = RunningMerger::start_with(Arc::new(TopKMerge), limits).await;
+    let endpoint = merger.endpoint().await;
+    let mut session = endpoint.open(search_start(4, 3), None).await.unwrap();
+    session
+        .add_partial(search_partial(0, &[("apt", 1.0)]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = session.finish(end()).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    merger.stop().await;
+}
+
+/// The top-k merge, except that it gives up (UNAVAILABLE) at the second
+/// partial, as a merger going away midway would look to the root.
+struct GivesUpMidway;
+
+struct GivesUpState {
+    inner: Box<dyn MergeState>,
+    partials: usize,
+}
+
+impl Merge for GivesUpMidway {
+    fn start(&self, start: &MergeStart) -> Result<Box<dyn MergeState>, Status> {
+        Ok(Box::new(GivesUpState {
+            inner: TopKMerge.start(start)?,
+            partials: 0,
+        }))
+    }
+}
+
+impl MergeState for GivesUpState {
+    fn add(&mut self, partial: ShardPartial) -> Result<Progress, Status> {
+        self.partials += 1;
+        if self.partials == 2 {
+            return Err(Status::unavailable("shutting down"));
+        }
+        self.inner.add(partial)
+    }
+
+    fn finish(self: Box<Self>, end: MergeEnd) -> Result<prost_types::Any, Status> {
+        self.inner.finish(end)
+    }
+}
+
+#[tokio::test]
+async fn a_merge_fails_over_to_the_next_merger_when_its_merger_gives_up_midway() {
+    let first = RunningMerger::start(Arc::new(GivesUpMidway)).await;
+    let second = RunningMerger::start(Arc::new(TopKMerge)).await;
+    let set = MergerSet::remote(&[first.address.to_string(), second.address.to_string()])
+        .await
+        .unwrap();
+    let expected = merge_through(
+        &second.endpoint().await,
+        search_start(4, 3),
+        three_partials(),
+    )
+    .await
+    .unwrap();
+
+    let mut session = set
+        .open(search_start(4, 3), Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    for partial in three_partials() {
+        session.add_partial(partial).await.unwrap();
+    }
+    let merged: ShardSearchResponse = any::unpack(&session.finish(end()).await.unwrap()).unwrap();
+    assert_eq!(merged, expected, "the replay gives the same answer");
+    assert_eq!(set.failovers(), 1);
+    let counts = set.counts();
+    assert_eq!((counts[0].sessions, counts[0].failures), (1, 1));
+    assert_eq!(counts[1].sessions, 1);
+    first.stop().await;
+    second.stop().await;
+}
+
+async fn within_a_while<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .expect("done within 10 s")
 }
