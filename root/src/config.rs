@@ -2,10 +2,14 @@
 
 use std::time::Duration;
 
+use fanout_proto::search::limits::QueryLimits;
 use fanout_runtime::serve::DrainOptions;
 
+use crate::admission::AdmissionSettings;
+use crate::crash::CrashSettings;
 use crate::error::RootError;
 use crate::hedge::HedgeSettings;
+use crate::shard_caller::ShardCallerKind;
 use crate::topology::Topology;
 
 /// Overall timeout of a request that sets none.
@@ -13,12 +17,46 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time kept back from every deadline to answer the caller in.
 pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
+/// How a root finds and watches replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscoverySettings {
+    /// How often `dns:` names are resolved again.
+    pub dns_refresh: Duration,
+    /// Whether each replica's health service is watched.
+    pub watch_health: bool,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            dns_refresh: Duration::from_secs(5),
+            watch_health: true,
+        }
+    }
+}
+
+impl DiscoverySettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dns_refresh < Duration::from_millis(100) {
+            return Err(format!(
+                "the DNS refresh interval ({:?}) must be at least 100ms",
+                self.dns_refresh
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Everything a [`RootServer`](crate::RootServer) needs.
 #[derive(Debug, Clone)]
 pub struct RootConfig {
     pub topology: Topology,
-    /// URL of a merger process; `None` merges in-process with `TopKMerge`.
-    pub merger: Option<String>,
+    /// URLs of merger processes, tried in this order; none merges
+    /// in-process with `TopKMerge`.
+    pub mergers: Vec<String>,
+    /// When no merger process can be reached, merge in-process with
+    /// `TopKMerge` (right only when the mergers are top-k mergers).
+    pub merger_fallback: bool,
     /// Overall timeout of a request whose caller sets none (10 s).
     pub default_timeout: Duration,
     /// Kept back from every deadline to answer the caller in (5 ms).
@@ -26,6 +64,21 @@ pub struct RootConfig {
     pub drain: DrainOptions,
     /// Hedging and the budget of hedges and retries.
     pub hedge: HedgeSettings,
+    /// What a search query may cost (checked before any leaf is called).
+    pub query_limits: QueryLimits,
+    /// The policy for requests that crash leaves.
+    pub crash: CrashSettings,
+    /// How many requests are admitted at once.
+    pub admission: AdmissionSettings,
+    /// fanout's hedged shard calls, or tower's hedge as a benchmark baseline.
+    pub shard_caller: ShardCallerKind,
+    /// How replicas are found (`dns:` names) and watched (health).
+    pub discovery: DiscoverySettings,
+    /// Bearer tokens for `Search` and `Root/Query`; `None`: open to all.
+    pub auth: Option<std::sync::Arc<crate::auth::Authenticator>>,
+    /// TLS to the leaves and mergers (and the certificate presented to
+    /// them); `None`: plaintext.
+    pub client_tls: Option<fanout_runtime::tls::ClientTls>,
 }
 
 impl RootConfig {
@@ -33,11 +86,19 @@ impl RootConfig {
     pub fn new(topology: Topology) -> Self {
         Self {
             topology,
-            merger: None,
+            mergers: Vec::new(),
+            merger_fallback: false,
             default_timeout: DEFAULT_TIMEOUT,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             drain: DrainOptions::default(),
             hedge: HedgeSettings::default(),
+            query_limits: QueryLimits::DEFAULT,
+            crash: CrashSettings::default(),
+            admission: AdmissionSettings::default(),
+            shard_caller: ShardCallerKind::Hedged,
+            discovery: DiscoverySettings::default(),
+            auth: None,
+            client_tls: None,
         }
     }
 
@@ -54,13 +115,21 @@ impl RootConfig {
         self.hedge
             .validate()
             .map_err(|reason| RootError::Config { reason })?;
-        if self
-            .merger
-            .as_deref()
-            .is_some_and(|url| url.trim().is_empty())
-        {
+        self.query_limits
+            .validate()
+            .map_err(|reason| RootError::Config { reason })?;
+        self.crash
+            .validate()
+            .map_err(|reason| RootError::Config { reason })?;
+        self.admission
+            .validate()
+            .map_err(|reason| RootError::Config { reason })?;
+        self.discovery
+            .validate()
+            .map_err(|reason| RootError::Config { reason })?;
+        if self.mergers.iter().any(|url| url.trim().is_empty()) {
             return Err(RootError::Config {
-                reason: "the merger url is empty".to_owned(),
+                reason: "a merger url is empty".to_owned(),
             });
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-use crate::error::RootError;
+use crate::error::RequestError;
 
 /// The time frame of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +27,9 @@ impl RequestDeadline {
         request_timeout: Option<Duration>,
         default_timeout: Duration,
         deadline_margin: Duration,
-    ) -> Result<RequestDeadline, RootError> {
+    ) -> Result<RequestDeadline, RequestError> {
         let caller_timeout = fanout_runtime::deadline::timeout_from_metadata(metadata)
-            .map_err(|error| RootError::InvalidRequest(error.to_string()))?;
+            .map_err(|error| RequestError::InvalidRequest(error.to_string()))?;
         let budget = leaf_budget(
             caller_timeout,
             request_timeout,
@@ -135,7 +135,7 @@ mod tests {
         metadata.insert("grpc-timeout", "soon".parse().unwrap());
         let error = RequestDeadline::for_request(Instant::now(), &metadata, None, DEFAULT, MARGIN)
             .unwrap_err();
-        assert!(matches!(error, RootError::InvalidRequest(_)), "{error}");
+        assert!(matches!(error, RequestError::InvalidRequest(_)), "{error}");
         assert_eq!(
             tonic::Status::from(error).code(),
             tonic::Code::InvalidArgument

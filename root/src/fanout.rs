@@ -5,25 +5,37 @@
 //! cancelled by dropping their calls (which resets their HTTP/2 streams).
 //! Then the coverage policy decides, and the merge is finished.
 
-use std::sync::atomic::Ordering;
-
 use fanout_proto::Any;
-use fanout_proto::search::v1::ShardSearchResponse;
-use fanout_proto::v1::{Coverage, MergeEnd, MergeStart, ShardPartial, ShardTiming};
+use fanout_proto::v1::{
+    Coverage, ExecuteResponse, MergeEnd, MergeStart, ShardPartial, ShardTiming,
+};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::cluster::Cluster;
+use std::sync::Arc;
+
+use fanout_merger::MergerSet;
+
+use crate::crash::Fingerprint;
 use crate::deadline::RequestDeadline;
-use crate::error::RootError;
+use crate::error::RequestError;
 use crate::hedge::HedgePolicy;
-use crate::metrics::ShardPhase;
 use crate::policy::{CoveragePolicy, ShardOutcome, coverage_of, enforce};
-use crate::shard_call::{
-    ShardAnswer, ShardCall, ShardCallCounters, ShardCallOutcome, ShardHedging, call_shard,
-};
+use crate::replica::Replica;
+use crate::shard_call::{HedgeGate, ShardAnswer, ShardCallCounters, ShardCallOutcome, ShardPhase};
+use crate::shard_caller::{ShardCalls, ShardRequest};
+use crate::shards::Shards;
+
+/// What a fan-out reaches: the shards, how to call them, and where the
+/// merge runs.
+#[derive(Debug)]
+pub struct FanOut {
+    pub shards: Arc<Shards>,
+    pub calls: Arc<ShardCalls>,
+    pub merger: MergerSet,
+}
 
 /// One request to fan out.
 pub struct FanOutRequest<'a> {
@@ -35,7 +47,8 @@ pub struct FanOutRequest<'a> {
     /// When the whole request must be over (the merger's too).
     pub deadline: RequestDeadline,
     pub policy: CoveragePolicy,
-    pub hedge_policy: HedgePolicy,
+    /// The request's own hedging policy, if it set one.
+    pub hedge_policy: Option<HedgePolicy>,
 }
 
 /// What a fan-out produced.
@@ -48,31 +61,28 @@ pub struct FanOutResult {
     pub timings: Vec<ShardTiming>,
     /// Per shard id: who answered, for phase two.
     pub answers: Vec<Option<AnsweredShard>>,
+    /// The request's identity for the crash policy, for phase two's calls.
+    pub fingerprint: Fingerprint,
 }
 
 /// A shard that answered.
 #[derive(Debug, Clone)]
 pub struct AnsweredShard {
-    pub replica_index: usize,
-    /// The index generation its answer came from (search answers only).
+    pub replica: Arc<Replica>,
+    /// The index generation its answer came from (`ExecuteResponse.generation`).
     pub generation: String,
-}
-
-/// The fields of a `ShardSearchResponse` the root reads, decoded without its
-/// hits (prost skips the fields a message does not declare).
-#[derive(Clone, PartialEq, prost::Message)]
-struct ShardSearchSummary {
-    #[prost(string, tag = "3")]
-    generation: String,
-    #[prost(uint64, tag = "4")]
-    docs_searched: u64,
 }
 
 /// Fans `request.payload` out to every shard and merges the answers.
 pub async fn fan_out_and_merge(
-    cluster: &Cluster,
+    fan_out: &FanOut,
     request: FanOutRequest<'_>,
-) -> Result<FanOutResult, RootError> {
+) -> Result<FanOutResult, RequestError> {
+    let FanOut {
+        shards,
+        calls,
+        merger,
+    } = fan_out;
     let FanOutRequest {
         payload,
         request_id,
@@ -81,14 +91,18 @@ pub async fn fan_out_and_merge(
         policy,
         hedge_policy,
     } = request;
+    let fingerprint = Fingerprint::of(&payload);
+    if let Some(refusal) = calls.crash.refusal(fingerprint) {
+        return Err(RequestError::RequestOfDeath(refusal));
+    }
     if deadline.has_passed() {
         // No leaf can answer in no time: spare them the work.
-        return Err(RootError::DeadlineExceeded(
+        return Err(RequestError::DeadlineExceeded(
             "the request's time limit is within the root's deadline margin: no shard was asked"
                 .to_owned(),
         ));
     }
-    let shard_count = cluster.shards.len();
+    let shard_count = shards.count();
     let remaining = deadline.remaining();
     let start = MergeStart {
         request: Some(payload.clone()),
@@ -96,12 +110,12 @@ pub async fn fan_out_and_merge(
         timeout_micros: remaining.as_micros().max(1) as u64,
         request_id: request_id.to_owned(),
     };
-    let open = cluster.merger.open(start, Some(remaining));
+    let open = merger.open(start, Some(remaining));
     let mut session = match tokio::time::timeout_at(deadline.deadline, open).await {
         Ok(Ok(session)) => session,
-        Ok(Err(status)) => return Err(RootError::Merger(status)),
+        Ok(Err(status)) => return Err(RequestError::Merger(status)),
         Err(_) => {
-            return Err(RootError::DeadlineExceeded(
+            return Err(RequestError::DeadlineExceeded(
                 "deadline exceeded before the merge could start".to_owned(),
             ));
         }
@@ -109,35 +123,31 @@ pub async fn fan_out_and_merge(
 
     let fan_out_started = Instant::now();
     let counters: Vec<ShardCallCounters> = (0..shard_count)
-        .map(|shard| {
-            ShardCallCounters::reporting_to(cluster.metrics.shard_call(shard, ShardPhase::FanOut))
-        })
+        .map(|shard| calls.counters(shard, ShardPhase::FanOut))
         .collect();
-    let hedging = ShardHedging {
-        policy: hedge_policy,
-        settings: &cluster.hedge,
-        budget: &cluster.hedge_budget,
-    };
-    let mut pending: FuturesUnordered<_> = cluster
-        .shards
+    let hedge_gate = HedgeGate::closed();
+    let mut pending: FuturesUnordered<_> = shards
+        .sets
         .iter()
         .zip(&counters)
         .map(|(replica_set, counters)| {
-            let call = ShardCall {
+            let request = ShardRequest {
                 replica_set,
                 payload: &payload,
                 request_id,
                 deadline: shard_deadline,
                 preferred_replica: None,
-                hedging,
+                requested_policy: hedge_policy,
                 counters,
+                fingerprint,
+                hedge_gate: (shard_count > 1).then_some(&hedge_gate),
             };
-            async move { (replica_set.shard_id, call_shard(call).await) }
+            async move { (replica_set.shard_id, calls.call(request).await) }
         })
         .collect();
 
     let mut progress = FanOutProgress::new(shard_count, fan_out_started);
-    progress.note_probation(cluster);
+    progress.note_probation(shards);
     let mut enough_reason: Option<String> = None;
     let shard_deadline_passed = tokio::time::sleep_until(shard_deadline);
     tokio::pin!(shard_deadline_passed);
@@ -147,11 +157,18 @@ pub async fn fan_out_and_merge(
             biased;
             Some((shard_id, outcome)) = pending.next() => {
                 let answer = match outcome {
-                    ShardCallOutcome::Answered(answer) => answer,
+                    ShardCallOutcome::Answered(answer) => {
+                        hedge_gate.open();
+                        answer
+                    }
                     // The request itself is bad: answer now; dropping
                     // `pending` on return cancels the other shards.
                     ShardCallOutcome::Rejected(status) => {
-                        return Err(RootError::LeafRejected(status));
+                        return Err(RequestError::LeafRejected(status));
+                    }
+                    // Dropping `pending` cancels the other shards' calls too.
+                    ShardCallOutcome::RequestOfDeath(message) => {
+                        return Err(RequestError::RequestOfDeath(message));
                     }
                     ShardCallOutcome::Failed(status) => {
                         let message = status.message().to_owned();
@@ -163,15 +180,15 @@ pub async fn fan_out_and_merge(
                         continue;
                     }
                 };
-                let Some(partial) = progress.record_answer(cluster, shard_id, answer) else {
+                let Some(partial) = progress.record_answer(shards, shard_id, answer) else {
                     continue;
                 };
                 let added = session.add_partial(partial);
                 match tokio::time::timeout_at(deadline.deadline, added).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(status)) => return Err(RootError::Merger(status)),
+                    Ok(Err(status)) => return Err(RequestError::Merger(status)),
                     Err(_) => {
-                        return Err(RootError::DeadlineExceeded(
+                        return Err(RequestError::DeadlineExceeded(
                             "deadline exceeded while the merger took a partial".to_owned(),
                         ));
                     }
@@ -194,15 +211,15 @@ pub async fn fan_out_and_merge(
     let (outcomes, timings, answers) = progress.finish(&counters, enough_reason.as_deref());
     log_extra_calls(request_id, &timings);
     enforce(&policy, &outcomes)?;
-    let coverage = coverage_of(&outcomes, cluster.doc_counts.total());
+    let coverage = coverage_of(&outcomes, shards.doc_counts.total());
     let end = MergeEnd {
         coverage: Some(coverage.clone()),
     };
     let merged = match tokio::time::timeout_at(deadline.deadline, session.finish(end)).await {
         Ok(Ok(merged)) => merged,
-        Ok(Err(status)) => return Err(RootError::Merger(status)),
+        Ok(Err(status)) => return Err(RequestError::Merger(status)),
         Err(_) => {
-            return Err(RootError::DeadlineExceeded(
+            return Err(RequestError::DeadlineExceeded(
                 "deadline exceeded before the merger answered".to_owned(),
             ));
         }
@@ -212,6 +229,7 @@ pub async fn fan_out_and_merge(
         coverage,
         timings,
         answers,
+        fingerprint,
     })
 }
 
@@ -239,11 +257,12 @@ impl FanOutProgress {
     }
 
     /// How many replicas of each shard are on probation as the request starts.
-    fn note_probation(&mut self, cluster: &Cluster) {
-        for (timing, shard) in self.timings.iter_mut().zip(&cluster.shards) {
-            let selector = &shard.selector;
-            timing.replicas_on_probation = (0..shard.replicas.len())
-                .filter(|index| selector.is_on_probation(*index))
+    fn note_probation(&mut self, shards: &Shards) {
+        for (timing, shard) in self.timings.iter_mut().zip(&shards.sets) {
+            timing.replicas_on_probation = shard
+                .members()
+                .iter()
+                .filter(|replica| replica.state().is_on_probation())
                 .count() as u32;
         }
     }
@@ -263,40 +282,40 @@ impl FanOutProgress {
     /// an answer without a payload counts as a failure of the shard.
     fn record_answer(
         &mut self,
-        cluster: &Cluster,
+        shards: &Shards,
         shard_id: u32,
         answer: ShardAnswer,
     ) -> Option<ShardPartial> {
-        let replica = &cluster.shards[shard_id as usize].replicas[answer.replica_index];
-        let Some(payload) = answer.response.payload else {
+        let replica = Arc::clone(&answer.replica);
+        let ExecuteResponse {
+            payload,
+            timings,
+            docs_searched,
+            generation,
+        } = answer.response;
+        let Some(payload) = payload else {
             let message = format!("replica {} answered without a payload", replica.address);
             self.record_failure(shard_id, Code::Internal, message);
             return None;
         };
-        let summary = search_summary(&payload);
-        if let Some(summary) = &summary {
-            cluster.doc_counts.record(shard_id, summary.docs_searched);
+        // The leaf's own count; a leaf that reports none is covered by the
+        // count its Info reported.
+        if docs_searched > 0 {
+            shards.doc_counts.record(shard_id, docs_searched);
         }
-        let docs_covered = summary
-            .as_ref()
-            .map(|summary| summary.docs_searched)
-            .or_else(|| cluster.doc_counts.get(shard_id))
+        let docs_covered = Some(docs_searched)
+            .filter(|docs| *docs > 0)
+            .or_else(|| shards.doc_counts.get(shard_id))
             .unwrap_or(0);
         let latency_micros = answer.latency.as_micros() as u64;
         let timing = &mut self.timings[shard_id as usize];
         timing.replica = replica.address.clone();
         timing.winning_attempt = answer.attempt;
         timing.latency_micros = latency_micros;
-        timing.leaf_service_micros = answer
-            .response
-            .timings
-            .map(|timings| timings.service_micros)
-            .unwrap_or(0);
+        timing.leaf_service_micros = timings.map(|timings| timings.service_micros).unwrap_or(0);
         self.answers[shard_id as usize] = Some(AnsweredShard {
-            replica_index: answer.replica_index,
-            generation: summary
-                .map(|summary| summary.generation)
-                .unwrap_or_default(),
+            replica: Arc::clone(&replica),
+            generation,
         });
         self.record_outcome(shard_id, ShardOutcome::Answered { docs_covered });
         Some(ShardPartial {
@@ -334,11 +353,7 @@ impl FanOutProgress {
             .collect();
         let mut timings = self.timings;
         for ((timing, counters), outcome) in timings.iter_mut().zip(counters).zip(&outcomes) {
-            timing.attempts = counters.attempts.load(Ordering::Relaxed);
-            timing.hedges = counters.hedges.load(Ordering::Relaxed);
-            timing.hedges_won = counters.hedges_won.load(Ordering::Relaxed);
-            timing.hedges_suppressed = counters.hedges_suppressed.load(Ordering::Relaxed);
-            timing.retries = counters.retries.load(Ordering::Relaxed);
+            counters.report_into(timing, ShardPhase::FanOut);
             if matches!(
                 outcome,
                 ShardOutcome::TimedOut | ShardOutcome::NotNeeded { .. }
@@ -368,38 +383,5 @@ pub fn log_extra_calls(request_id: &str, timings: &[ShardTiming]) {
             retries,
             "extra shard calls"
         );
-    }
-}
-
-/// Generation and size of a search answer; `None` for other payloads.
-fn search_summary(payload: &Any) -> Option<ShardSearchSummary> {
-    if !fanout_proto::any::is::<ShardSearchResponse>(payload) {
-        return None;
-    }
-    <ShardSearchSummary as prost::Message>::decode(payload.value.as_slice()).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fanout_proto::search::v1::ShardHit;
-
-    #[test]
-    fn reads_the_summary_of_a_search_answer_only() {
-        let answer = ShardSearchResponse {
-            hits: vec![ShardHit {
-                id: "a".into(),
-                score: 1.0,
-                ..ShardHit::default()
-            }],
-            total_hits: 9,
-            generation: "g1".into(),
-            docs_searched: 42,
-        };
-        let summary = search_summary(&fanout_proto::any::pack(&answer)).unwrap();
-        assert_eq!(summary.generation, "g1");
-        assert_eq!(summary.docs_searched, 42);
-        let other = fanout_proto::any::pack(&fanout_proto::v1::InfoRequest {});
-        assert!(search_summary(&other).is_none());
     }
 }

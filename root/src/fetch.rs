@@ -14,23 +14,21 @@
 use std::collections::BTreeMap;
 
 use fanout_proto::search::v1::{FetchRequest, FetchResponse, FetchedDoc, Hit, QueryMode, ShardHit};
+use fanout_proto::status::code_name;
 use fanout_proto::v1::{Coverage, ShardFailure, ShardTiming};
-use std::sync::atomic::Ordering;
-
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::cluster::Cluster;
-use fanout_proto::status::code_name;
-
-use crate::error::RootError;
+use crate::crash::Fingerprint;
+use crate::error::RequestError;
 use crate::fanout::AnsweredShard;
 use crate::hedge::HedgePolicy;
-use crate::metrics::ShardPhase;
 use crate::policy::CoveragePolicy;
-use crate::shard_call::{ShardCall, ShardCallCounters, ShardCallOutcome, ShardHedging, call_shard};
+use crate::shard_call::{ShardCallCounters, ShardCallOutcome, ShardPhase};
+use crate::shard_caller::{ShardCalls, ShardRequest};
+use crate::shards::Shards;
 
 /// What to fetch for every hit.
 #[derive(Debug, Clone)]
@@ -50,14 +48,18 @@ struct FetchFailure {
 
 /// Where and how phase two runs.
 pub struct FetchPhase<'a> {
-    pub cluster: &'a Cluster,
+    pub shards: &'a Shards,
+    pub calls: &'a ShardCalls,
     /// Phase one's answers by shard id: the replica to go back to.
     pub answers: &'a [Option<AnsweredShard>],
     pub options: &'a FetchOptions,
     pub request_id: &'a str,
     pub deadline: Instant,
     pub policy: CoveragePolicy,
-    pub hedge_policy: HedgePolicy,
+    /// The request's own hedging policy, if it set one.
+    pub hedge_policy: Option<HedgePolicy>,
+    /// The request's identity for the crash policy (phase one's).
+    pub fingerprint: Fingerprint,
 }
 
 /// Turns the merged hits into `Hit`s with their stored fields, in order.
@@ -68,15 +70,17 @@ pub async fn fetch_hits(
     merged_hits: Vec<ShardHit>,
     coverage: &mut Coverage,
     timings: &mut [ShardTiming],
-) -> Result<Vec<Hit>, RootError> {
+) -> Result<Vec<Hit>, RequestError> {
     let FetchPhase {
-        cluster,
+        shards,
+        calls,
         answers,
         options,
         request_id,
         deadline,
         policy,
         hedge_policy,
+        fingerprint,
     } = phase;
     let mut hits: Vec<Hit> = merged_hits
         .iter()
@@ -97,20 +101,13 @@ pub async fn fetch_hits(
     }
 
     let mut failures: Vec<FetchFailure> = Vec::new();
-    let shard_count = cluster.shards.len();
+    let shard_count = shards.count();
     let counters: Vec<ShardCallCounters> = (0..shard_count)
-        .map(|shard| {
-            ShardCallCounters::reporting_to(cluster.metrics.shard_call(shard, ShardPhase::Fetch))
-        })
+        .map(|shard| calls.counters(shard, ShardPhase::Fetch))
         .collect();
-    let hedging = ShardHedging {
-        policy: hedge_policy,
-        settings: &cluster.hedge,
-        budget: &cluster.hedge_budget,
-    };
     let mut requests = Vec::new();
     for (&shard_id, positions) in &positions_by_shard {
-        let Some(replica_set) = cluster.shards.get(shard_id as usize) else {
+        let Some(replica_set) = shards.sets.get(shard_id as usize) else {
             failures.push(FetchFailure {
                 shard_id,
                 code: Code::Internal,
@@ -136,7 +133,7 @@ pub async fn fetch_hits(
         requests.push((
             replica_set,
             positions,
-            answered.map(|answered| answered.replica_index),
+            answered.map(|answered| answered.replica),
             fanout_proto::any::pack(&request),
         ));
     }
@@ -144,16 +141,19 @@ pub async fn fetch_hits(
     let mut pending: FuturesUnordered<_> = requests
         .iter()
         .map(|(replica_set, positions, preferred_replica, payload)| {
-            let call = ShardCall {
+            let request = ShardRequest {
                 replica_set,
                 payload,
                 request_id,
                 deadline,
-                preferred_replica: *preferred_replica,
-                hedging,
+                preferred_replica: preferred_replica.as_ref(),
+                requested_policy: hedge_policy,
                 counters: &counters[replica_set.shard_id as usize],
+                fingerprint,
+                // Phase one answered: the request does not kill leaves.
+                hedge_gate: None,
             };
-            async move { (replica_set.shard_id, *positions, call_shard(call).await) }
+            async move { (replica_set.shard_id, *positions, calls.call(request).await) }
         })
         .collect();
 
@@ -175,7 +175,10 @@ pub async fn fetch_hits(
                     },
                 }
             }
-            ShardCallOutcome::Rejected(status) => return Err(RootError::LeafRejected(status)),
+            ShardCallOutcome::Rejected(status) => return Err(RequestError::LeafRejected(status)),
+            ShardCallOutcome::RequestOfDeath(message) => {
+                return Err(RequestError::RequestOfDeath(message));
+            }
             ShardCallOutcome::Failed(status) => FetchFailure {
                 shard_id,
                 code: status.code(),
@@ -228,14 +231,9 @@ pub async fn fetch_hits(
 /// Adds each shard's fetch counters to its timing (matched by shard id).
 fn record_fetch_counts(timings: &mut [ShardTiming], counters: &[ShardCallCounters]) {
     for timing in timings {
-        let Some(counters) = counters.get(timing.shard_id as usize) else {
-            continue;
-        };
-        timing.fetch_attempts = counters.attempts.load(Ordering::Relaxed);
-        timing.fetch_hedges = counters.hedges.load(Ordering::Relaxed);
-        timing.fetch_hedges_won = counters.hedges_won.load(Ordering::Relaxed);
-        timing.fetch_retries = counters.retries.load(Ordering::Relaxed);
-        timing.fetch_hedges_suppressed = counters.hedges_suppressed.load(Ordering::Relaxed);
+        if let Some(counters) = counters.get(timing.shard_id as usize) {
+            counters.report_into(timing, ShardPhase::Fetch);
+        }
     }
 }
 
@@ -258,12 +256,12 @@ fn fill_hits(hits: &mut [Hit], positions: &[usize], mut docs: Vec<FetchedDoc>) {
         if !doc.found {
             tracing::debug!(id = %hit.id, "hit no longer in its shard");
         }
-        hit.fields = doc.fields;
+        hit.fields = doc.fields.into_iter().collect();
         hit.snippet = doc.snippet;
     }
 }
 
-fn fetch_error(failures: &[FetchFailure]) -> RootError {
+fn fetch_error(failures: &[FetchFailure]) -> RequestError {
     let described: Vec<String> = failures
         .iter()
         .map(|failure| {
@@ -280,15 +278,16 @@ fn fetch_error(failures: &[FetchFailure]) -> RootError {
         .iter()
         .all(|failure| failure.code == Code::DeadlineExceeded)
     {
-        RootError::DeadlineExceeded(message)
+        RequestError::DeadlineExceeded(message)
     } else {
-        RootError::ShardsUnavailable(message)
+        RequestError::ShardsUnavailable(message)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn hit(id: &str) -> Hit {
         Hit {
@@ -361,7 +360,7 @@ mod tests {
         };
         assert!(matches!(
             fetch_error(&[timed_out]),
-            RootError::DeadlineExceeded(_)
+            RequestError::DeadlineExceeded(_)
         ));
         let down = FetchFailure {
             shard_id: 0,
@@ -369,7 +368,7 @@ mod tests {
             message: "down".into(),
         };
         let error = fetch_error(&[down]);
-        assert!(matches!(error, RootError::ShardsUnavailable(_)));
+        assert!(matches!(error, RequestError::ShardsUnavailable(_)));
         assert!(
             error.to_string().contains("shard 0 (UNAVAILABLE: down)"),
             "{error}"

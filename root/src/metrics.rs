@@ -9,9 +9,10 @@
 //! What the root keeps anyway (the hedge budget's tokens, each shard's
 //! adaptive hedge delay, each replica's outstanding calls and probation) is
 //! read at scrape time by collectors registered with
-//! [`RootMetrics::collect_from`], so the request path does not change.
+//! [`RootMetrics::collect_from`] over the parts that keep them, so the
+//! request path does not change.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 use fanout_proto::status::code_name;
@@ -20,8 +21,16 @@ use fanout_runtime::metrics::{
 };
 use tonic::Code;
 
-use crate::cluster::Cluster;
+use fanout_merger::{MergeTargetCounts, MergerSet};
+
+use crate::admission::{Admission, AdmissionPolicy};
+use crate::crash::CrashCounts;
 use crate::hedge::HedgePolicy;
+use crate::replica::Replica;
+use crate::selector::Health;
+use crate::shard_call::{ShardCallMetrics, ShardPhase};
+use crate::shard_caller::ShardCalls;
+use crate::shards::Shards;
 
 /// The public method a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,36 +48,6 @@ impl RootMethod {
             RootMethod::Query => "query",
         }
     }
-}
-
-/// Which of a request's shard calls: the fan-out (phase one, the calls
-/// `ShardTiming` reports) or the fetch of stored fields (phase two).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardPhase {
-    FanOut,
-    Fetch,
-}
-
-impl ShardPhase {
-    fn label(self) -> &'static str {
-        match self {
-            ShardPhase::FanOut => "fanout",
-            ShardPhase::Fetch => "fetch",
-        }
-    }
-}
-
-/// The lifetime counts of one shard in one phase; a shard call adds to them
-/// as it adds to its own `ShardCallCounters`.
-#[derive(Debug, Clone)]
-pub struct ShardCallMetrics {
-    pub primary_attempts: Counter,
-    pub hedge_attempts: Counter,
-    pub retry_attempts: Counter,
-    pub hedges: Counter,
-    pub hedges_won: Counter,
-    pub hedges_suppressed: Counter,
-    pub retries: Counter,
 }
 
 /// Requests of one method: by code, and their latency.
@@ -171,6 +150,7 @@ impl RootMetrics {
     }
 
     /// The counts of `shard` in `phase` (`None` for a shard id out of range).
+    #[cfg(test)]
     pub fn shard_call(&self, shard: usize, phase: ShardPhase) -> Option<ShardCallMetrics> {
         let index = match phase {
             ShardPhase::FanOut => 0,
@@ -192,73 +172,95 @@ impl RootMetrics {
         }
     }
 
-    /// Registers the collectors that read the cluster's own state at scrape
-    /// time. They hold the cluster weakly (it owns this registry) and report
-    /// nothing once it is gone.
-    pub fn collect_from(&self, cluster: &Arc<Cluster>) {
+    /// Every shard's counts in both phases, for the shard caller.
+    pub fn shard_call_table(&self) -> Vec<[ShardCallMetrics; 2]> {
+        self.shards.clone()
+    }
+
+    /// Registers the collectors that read what the parts keep anyway, at
+    /// scrape time: the hedge budget, the adaptive delays, each replica's
+    /// outstanding calls and probation, the crash policy, the admission
+    /// limit, the mergers. The collectors hold the parts (which hold no
+    /// metrics but their counters), so the request path is not touched.
+    pub fn collect_from(&self, sources: MetricSources) {
+        let MetricSources {
+            shards,
+            calls,
+            admission,
+            merger,
+        } = sources;
+        self.register_budget_collectors(&calls);
+        self.register_replica_collectors(&shards, &calls);
+        self.register_crash_collectors(&calls);
+        self.register_admission_collectors(&admission);
+        self.register_merger_collectors(merger);
+    }
+
+    fn register_budget_collectors(&self, calls: &Arc<ShardCalls>) {
         let registry = &self.registry;
-        let weak = Arc::downgrade(cluster);
+        let budget = |read: fn(&ShardCalls) -> f64| {
+            let calls = Arc::clone(calls);
+            move |samples: &mut Samples<'_>| samples.sample(&[], read(&calls))
+        };
         registry.gauge_fn(
             "fanout_root_hedge_budget_tokens",
             "Tokens in the hedge budget now: hedges and retries that may be sent at once.",
             &[],
-            with_cluster(&weak, |cluster, samples| {
-                samples.sample(&[], cluster.hedge_budget.tokens());
-            }),
+            budget(|calls| calls.budget.tokens()),
         );
         registry.counter_fn(
             "fanout_root_hedge_budget_spent_total",
             "Hedges and retries the budget allowed.",
             &[],
-            with_cluster(&weak, |cluster, samples| {
-                samples.sample(&[], cluster.hedge_budget.spent() as f64);
-            }),
+            budget(|calls| calls.budget.spent() as f64),
         );
         registry.counter_fn(
             "fanout_root_hedge_budget_refused_total",
             "Hedges and retries the budget refused.",
             &[],
-            with_cluster(&weak, |cluster, samples| {
-                samples.sample(&[], cluster.hedge_budget.suppressed() as f64);
-            }),
+            budget(|calls| calls.budget.suppressed() as f64),
         );
-        registry.gauge_fn(
-            "fanout_root_shard_adaptive_hedge_delay_seconds",
-            "The delay an adaptive hedge of the shard waits now: the configured percentile of its recent attempt latency, between floor and ceiling.",
-            &["shard"],
-            with_cluster(&weak, |cluster, samples| {
-                for replica_set in &cluster.shards {
-                    let delay = cluster
-                        .hedge
-                        .hedge_delay(HedgePolicy::Adaptive, |percentile| {
-                            replica_set.selector.latency_percentile(percentile)
-                        });
-                    if let Some(delay) = delay {
-                        let shard = replica_set.shard_id.to_string();
-                        samples.sample(&[&shard], delay.as_secs_f64());
-                    }
-                }
-            }),
-        );
-        self.register_replica_collectors(&weak);
     }
 
-    fn register_replica_collectors(&self, weak: &Weak<Cluster>) {
+    fn register_replica_collectors(&self, shards: &Arc<Shards>, calls: &Arc<ShardCalls>) {
+        {
+            let (shards, calls) = (Arc::clone(shards), Arc::clone(calls));
+            self.registry.gauge_fn(
+                "fanout_root_shard_adaptive_hedge_delay_seconds",
+                "The delay an adaptive hedge of the shard waits now: the configured percentile of its recent attempt latency, between floor and ceiling.",
+                &["shard"],
+                move |samples| {
+                    for replica_set in &shards.sets {
+                        let delay = calls.hedge.hedge_delay(HedgePolicy::Adaptive, |percentile| {
+                            replica_set.selector.latency_percentile(percentile)
+                        });
+                        if let Some(delay) = delay {
+                            let shard = replica_set.shard_id.to_string();
+                            samples.sample(&[&shard], delay.as_secs_f64());
+                        }
+                    }
+                },
+            );
+        }
         let labels = &["shard", "replica"];
         self.registry.gauge_fn(
             "fanout_root_replica_outstanding_calls",
             "Leaf calls in flight to the replica now.",
             labels,
-            for_each_replica(weak, |selector, index| {
-                f64::from(selector.outstanding(index))
-            }),
+            for_each_replica(shards, |replica| f64::from(replica.state().outstanding())),
+        );
+        self.registry.counter_fn(
+            "fanout_root_replica_calls_total",
+            "Calls sent to the replica (primaries, hedges, retries and probes); a replica found by DNS counts from when it joined.",
+            labels,
+            for_each_replica(shards, |replica| replica.state().calls() as f64),
         );
         self.registry.gauge_fn(
             "fanout_root_replica_on_probation",
             "1 while the replica is on probation for straggling (only probes go to it), else 0.",
             labels,
-            for_each_replica(weak, |selector, index| {
-                if selector.is_on_probation(index) {
+            for_each_replica(shards, |replica| {
+                if replica.state().is_on_probation() {
                     1.0
                 } else {
                     0.0
@@ -269,48 +271,176 @@ impl RootMetrics {
             "fanout_root_replica_probation_entries_total",
             "Times the replica was put on probation for straggling.",
             labels,
-            for_each_replica(weak, |selector, index| {
-                selector.probation_counts(index).0 as f64
+            for_each_replica(shards, |replica| {
+                replica.state().probation_counts().0 as f64
             }),
         );
         self.registry.counter_fn(
             "fanout_root_replica_probation_exits_total",
             "Times a probe's answer ended the replica's probation.",
             labels,
-            for_each_replica(weak, |selector, index| {
-                selector.probation_counts(index).1 as f64
+            for_each_replica(shards, |replica| {
+                replica.state().probation_counts().1 as f64
             }),
+        );
+        self.registry.gauge_fn(
+            "fanout_root_replica_health",
+            "What the replica's health service says: 1 SERVING, 0 NOT_SERVING (draining: avoided), -1 not known (not reachable, or no health service).",
+            labels,
+            for_each_replica(shards, |replica| match replica.state().health() {
+                Health::Serving => 1.0,
+                Health::NotServing => 0.0,
+                Health::Unknown => -1.0,
+            }),
+        );
+        {
+            let shards = Arc::clone(shards);
+            self.registry.gauge_fn(
+                "fanout_root_shard_replicas",
+                "The shard's replicas now (its fixed addresses and those its dns: names resolve to).",
+                &["shard"],
+                move |samples| {
+                    for replica_set in &shards.sets {
+                        let shard = replica_set.shard_id.to_string();
+                        samples.sample(&[&shard], replica_set.members().len() as f64);
+                    }
+                },
+            );
+        }
+        {
+            let shards = Arc::clone(shards);
+            self.registry.counter_fn(
+                "fanout_root_dns_failures_total",
+                "Resolutions of the shard's dns: names that failed or found no address (its replicas found before are kept).",
+                &["shard"],
+                move |samples| {
+                    for (replica_set, counts) in shards.sets.iter().zip(&shards.dns_counts) {
+                        if replica_set.has_dns_sources() {
+                            let shard = replica_set.shard_id.to_string();
+                            let failures = counts.failures.load(std::sync::atomic::Ordering::Relaxed);
+                            samples.sample(&[&shard], failures as f64);
+                        }
+                    }
+                },
+            );
+        }
+    }
+
+    fn register_crash_collectors(&self, calls: &Arc<ShardCalls>) {
+        let crash_count = |count: fn(&CrashCounts) -> f64| {
+            let calls = Arc::clone(calls);
+            move |samples: &mut Samples<'_>| samples.sample(&[], count(&calls.crash.counts()))
+        };
+        self.registry.counter_fn(
+            "fanout_root_lost_calls_total",
+            "Leaf calls whose replica's connection broke during the call (the replica most likely died).",
+            &[],
+            crash_count(|counts| counts.lost_calls as f64),
+        );
+        self.registry.counter_fn(
+            "fanout_root_requests_of_death_total",
+            "Requests found to kill the leaf replicas they reached; answered INTERNAL and quarantined.",
+            &[],
+            crash_count(|counts| counts.requests_of_death as f64),
+        );
+        self.registry.counter_fn(
+            "fanout_root_quarantine_refusals_total",
+            "Requests refused before any leaf was called because they are quarantined requests of death.",
+            &[],
+            crash_count(|counts| counts.refusals as f64),
+        );
+        self.registry.gauge_fn(
+            "fanout_root_quarantined_requests",
+            "Requests of death quarantined now.",
+            &[],
+            crash_count(|counts| counts.quarantined as f64),
+        );
+    }
+
+    fn register_admission_collectors(&self, admission: &Arc<Admission>) {
+        let read = |read: fn(&Admission) -> Option<f64>| {
+            let admission = Arc::clone(admission);
+            move |samples: &mut Samples<'_>| {
+                if let Some(value) = read(&admission) {
+                    samples.sample(&[], value);
+                }
+            }
+        };
+        self.registry.gauge_fn(
+            "fanout_root_admission_limit",
+            "Requests the root admits at once now (absent when admission is off).",
+            &[],
+            read(|admission| {
+                (admission.policy() != AdmissionPolicy::Off).then(|| f64::from(admission.limit()))
+            }),
+        );
+        self.registry.gauge_fn(
+            "fanout_root_admission_in_flight",
+            "Requests admitted and not yet answered.",
+            &[],
+            read(|admission| Some(f64::from(admission.in_flight()))),
+        );
+        self.registry.counter_fn(
+            "fanout_root_admission_refused_total",
+            "Requests refused at once with RESOURCE_EXHAUSTED because the limit was reached.",
+            &[],
+            read(|admission| Some(admission.refused() as f64)),
+        );
+    }
+
+    fn register_merger_collectors(&self, merger: MergerSet) {
+        let per_merger = |read: fn(&MergeTargetCounts) -> u64| {
+            let merger = merger.clone();
+            move |samples: &mut Samples<'_>| {
+                for target in merger.counts() {
+                    samples.sample(&[&target.label], read(&target) as f64);
+                }
+            }
+        };
+        self.registry.counter_fn(
+            "fanout_root_merges_total",
+            "Merges started on each merger (its URL, or embedded), replays after a failover included.",
+            &["merger"],
+            per_merger(|target| target.sessions),
+        );
+        self.registry.counter_fn(
+            "fanout_root_merger_failures_total",
+            "Merges that found the merger unreachable (no connection, a broken stream, UNAVAILABLE).",
+            &["merger"],
+            per_merger(|target| target.failures),
+        );
+        self.registry.counter_fn(
+            "fanout_root_merge_failovers_total",
+            "Requests whose merge moved to the next merger, or to the embedded fallback.",
+            &[],
+            move |samples| samples.sample(&[], merger.failovers() as f64),
         );
     }
 }
 
-/// A collector over the cluster, silent once the cluster is gone.
-fn with_cluster(
-    weak: &Weak<Cluster>,
-    collect: impl Fn(&Cluster, &mut Samples<'_>) + Send + Sync + 'static,
-) -> impl Fn(&mut Samples<'_>) + Send + Sync + 'static {
-    let weak = weak.clone();
-    move |samples| {
-        if let Some(cluster) = weak.upgrade() {
-            collect(&cluster, samples);
-        }
-    }
+/// What the collectors of [`RootMetrics::collect_from`] read.
+pub struct MetricSources {
+    pub shards: Arc<Shards>,
+    pub calls: Arc<ShardCalls>,
+    pub admission: Arc<Admission>,
+    pub merger: MergerSet,
 }
 
 /// A collector with one sample per replica, labelled by shard and address.
 fn for_each_replica(
-    weak: &Weak<Cluster>,
-    value: impl Fn(&crate::selector::ReplicaSelector, usize) -> f64 + Send + Sync + 'static,
+    shards: &Arc<Shards>,
+    value: impl Fn(&Replica) -> f64 + Send + Sync + 'static,
 ) -> impl Fn(&mut Samples<'_>) + Send + Sync + 'static {
-    with_cluster(weak, move |cluster, samples| {
-        for replica_set in &cluster.shards {
+    let shards = Arc::clone(shards);
+    move |samples| {
+        for replica_set in &shards.sets {
             let shard = replica_set.shard_id.to_string();
-            for (index, replica) in replica_set.replicas.iter().enumerate() {
-                let value = value(&replica_set.selector, index);
+            for replica in replica_set.members().iter() {
+                let value = value(replica);
                 samples.sample(&[&shard, &replica.address], value);
             }
         }
-    })
+    }
 }
 
 /// One request being timed; see [`RootMetrics::start_request`].
@@ -368,15 +498,15 @@ mod tests {
         let text = metrics.registry().render();
         let value = |series: &str| sample_value(&text, series);
         assert_eq!(
-            value(r#"fanout_root_requests_total{method="search",code="OK"}"#),
+            value(r#"fanout_root_requests_total{code="OK",method="search"}"#),
             Some(2.0)
         );
         assert_eq!(
-            value(r#"fanout_root_requests_total{method="search",code="CANCELLED"}"#),
+            value(r#"fanout_root_requests_total{code="CANCELLED",method="search"}"#),
             Some(1.0)
         );
         assert_eq!(
-            value(r#"fanout_root_requests_total{method="query",code="INVALID_ARGUMENT"}"#),
+            value(r#"fanout_root_requests_total{code="INVALID_ARGUMENT",method="query"}"#),
             Some(1.0)
         );
         assert_eq!(
@@ -400,19 +530,19 @@ mod tests {
         let text = metrics.registry().render();
         let value = |series: &str| sample_value(&text, series);
         assert_eq!(
-            value(r#"fanout_root_shard_attempts_total{shard="1",phase="fanout",kind="hedge"}"#),
+            value(r#"fanout_root_shard_attempts_total{kind="hedge",phase="fanout",shard="1"}"#),
             Some(1.0)
         );
         assert_eq!(
-            value(r#"fanout_root_shard_hedges_total{shard="1",phase="fanout"}"#),
+            value(r#"fanout_root_shard_hedges_total{phase="fanout",shard="1"}"#),
             Some(1.0)
         );
         assert_eq!(
-            value(r#"fanout_root_shard_hedges_total{shard="0",phase="fanout"}"#),
+            value(r#"fanout_root_shard_hedges_total{phase="fanout",shard="0"}"#),
             Some(0.0)
         );
         assert_eq!(
-            value(r#"fanout_root_shard_retries_total{shard="1",phase="fetch"}"#),
+            value(r#"fanout_root_shard_retries_total{phase="fetch",shard="1"}"#),
             Some(1.0)
         );
     }

@@ -14,7 +14,7 @@ use tonic::Code;
 
 use fanout_proto::status::code_name;
 
-use crate::error::RootError;
+use crate::error::RequestError;
 
 /// The caller's tolerance for missing shards.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,9 +26,9 @@ pub struct CoveragePolicy {
 
 impl CoveragePolicy {
     /// Validates `min_coverage` (in [0, 1]).
-    pub fn new(allow_partial: bool, min_coverage: f64) -> Result<CoveragePolicy, RootError> {
+    pub fn new(allow_partial: bool, min_coverage: f64) -> Result<CoveragePolicy, RequestError> {
         if !(0.0..=1.0).contains(&min_coverage) {
-            return Err(RootError::InvalidRequest(format!(
+            return Err(RequestError::InvalidRequest(format!(
                 "min_coverage must be between 0 and 1, got {min_coverage}"
             )));
         }
@@ -96,7 +96,7 @@ pub fn coverage_of(outcomes: &[ShardOutcome], docs_total: u64) -> Coverage {
 }
 
 /// Whether `policy` accepts a request whose shards ended as `outcomes`.
-pub fn enforce(policy: &CoveragePolicy, outcomes: &[ShardOutcome]) -> Result<(), RootError> {
+pub fn enforce(policy: &CoveragePolicy, outcomes: &[ShardOutcome]) -> Result<(), RequestError> {
     let total = outcomes.len();
     let satisfied = outcomes
         .iter()
@@ -117,9 +117,9 @@ pub fn enforce(policy: &CoveragePolicy, outcomes: &[ShardOutcome]) -> Result<(),
     let error = |summary: String| {
         let message = format!("{summary}: {missing}");
         if any_failed {
-            RootError::ShardsUnavailable(message)
+            RequestError::ShardsUnavailable(message)
         } else {
-            RootError::DeadlineExceeded(message)
+            RequestError::DeadlineExceeded(message)
         }
     };
     if satisfied == 0 {
@@ -208,7 +208,7 @@ mod tests {
     fn a_failed_shard_is_unavailable_without_allow_partial() {
         let outcomes = [answered(10), failed("connection refused")];
         let error = enforce(&strict(), &outcomes).unwrap_err();
-        let RootError::ShardsUnavailable(message) = &error else {
+        let RequestError::ShardsUnavailable(message) = &error else {
             panic!("expected unavailable, got {error:?}");
         };
         assert!(
@@ -221,7 +221,10 @@ mod tests {
     fn a_timed_out_shard_is_deadline_exceeded_without_allow_partial() {
         let outcomes = [answered(10), ShardOutcome::TimedOut];
         let error = enforce(&strict(), &outcomes).unwrap_err();
-        assert!(matches!(error, RootError::DeadlineExceeded(_)), "{error:?}");
+        assert!(
+            matches!(error, RequestError::DeadlineExceeded(_)),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -236,7 +239,7 @@ mod tests {
         assert!(enforce(&lenient(0.5), &outcomes).is_ok());
         let error = enforce(&lenient(0.75), &outcomes).unwrap_err();
         assert!(
-            matches!(error, RootError::ShardsUnavailable(_)),
+            matches!(error, RequestError::ShardsUnavailable(_)),
             "{error:?}"
         );
         let coverage = coverage_of(&outcomes, 40);
@@ -264,11 +267,14 @@ mod tests {
     fn no_answer_at_all_fails_even_with_allow_partial() {
         let error = enforce(&lenient(0.0), &[failed("down"), ShardOutcome::TimedOut]).unwrap_err();
         assert!(
-            matches!(error, RootError::ShardsUnavailable(_)),
+            matches!(error, RequestError::ShardsUnavailable(_)),
             "{error:?}"
         );
         let error = enforce(&lenient(0.0), &[ShardOutcome::TimedOut]).unwrap_err();
-        assert!(matches!(error, RootError::DeadlineExceeded(_)), "{error:?}");
+        assert!(
+            matches!(error, RequestError::DeadlineExceeded(_)),
+            "{error:?}"
+        );
     }
 
     #[test]

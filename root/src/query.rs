@@ -9,24 +9,29 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::cluster::Cluster;
 use crate::deadline::RequestDeadline;
-use crate::error::RootError;
+use crate::error::RequestError;
+use crate::fanout::FanOut;
 use crate::fanout::{FanOutRequest, fan_out_and_merge};
+use crate::front::Front;
 use crate::hedge::requested_policy;
 use crate::metrics::RootMethod;
 use crate::policy::CoveragePolicy;
 use crate::request_id::request_id_for;
 
+/// The longest payload type URL the root accepts (the leaves' limit too).
+pub const MAX_TYPE_URL_BYTES: usize = 512;
+
 /// The generic Root service.
 #[derive(Debug, Clone)]
 pub struct QueryService {
-    cluster: Arc<Cluster>,
+    fan_out: Arc<FanOut>,
+    front: Arc<Front>,
 }
 
 impl QueryService {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        Self { cluster }
+    pub fn new(fan_out: Arc<FanOut>, front: Arc<Front>) -> Self {
+        Self { fan_out, front }
     }
 
     async fn fan_out_query(
@@ -34,37 +39,47 @@ impl QueryService {
         started_at: Instant,
         request_id: &str,
         request: Request<QueryRequest>,
-    ) -> Result<QueryResponse, RootError> {
-        let cluster = &*self.cluster;
+    ) -> Result<QueryResponse, RequestError> {
+        let rules = &self.front.rules;
         let (metadata, _, request) = request.into_parts();
         let payload = match request.payload {
+            Some(payload) if payload.type_url.len() > MAX_TYPE_URL_BYTES => {
+                return Err(RequestError::InvalidRequest(format!(
+                    "payload type url is {} bytes long, more than the limit of {MAX_TYPE_URL_BYTES}",
+                    payload.type_url.len()
+                )));
+            }
             Some(payload) if !payload.type_url.is_empty() => payload,
             Some(_) => {
-                return Err(RootError::InvalidRequest(
+                return Err(RequestError::InvalidRequest(
                     "payload has no type url".to_owned(),
                 ));
             }
-            None => return Err(RootError::InvalidRequest("payload is missing".to_owned())),
+            None => {
+                return Err(RequestError::InvalidRequest(
+                    "payload is missing".to_owned(),
+                ));
+            }
         };
         let policy = CoveragePolicy::new(request.allow_partial, request.min_coverage)?;
         let hedge = requested_policy(request.hedge, request.hedge_delay_micros)
-            .map_err(RootError::InvalidRequest)?;
+            .map_err(RequestError::InvalidRequest)?;
         let deadline = RequestDeadline::for_request(
             started_at,
             &metadata,
             None,
-            cluster.default_timeout,
-            cluster.deadline_margin,
+            rules.default_timeout,
+            rules.deadline_margin,
         )?;
         let result = fan_out_and_merge(
-            cluster,
+            &self.fan_out,
             FanOutRequest {
                 payload,
                 request_id,
                 shard_deadline: deadline.deadline,
                 deadline,
                 policy,
-                hedge_policy: cluster.hedge_policy(hedge),
+                hedge_policy: hedge,
             },
         )
         .await?;
@@ -83,13 +98,25 @@ impl Root for QueryService {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         let started_at = Instant::now();
-        let timer = self.cluster.metrics.start_request(RootMethod::Query);
+        let timer = self.front.metrics.start_request(RootMethod::Query);
+        if let Err(status) = self.front.authenticate(request.metadata()) {
+            timer.finish(status.code());
+            return Err(status);
+        }
+        let admission_deadline = self.front.admission_deadline(request.metadata());
+        let permit = match self.front.admission.admit(admission_deadline).await {
+            Ok(permit) => permit,
+            Err(overloaded) => {
+                timer.finish(Code::ResourceExhausted);
+                return Err(Status::resource_exhausted(overloaded.to_string()));
+            }
+        };
         let request_id = request_id_for(request.metadata());
         let type_url = request
             .get_ref()
             .payload
             .as_ref()
-            .map(|payload| payload.type_url.clone())
+            .map(|payload| fanout_proto::status::quote(&payload.type_url))
             .unwrap_or_default();
         let span = tracing::info_span!("query", request_id = %request_id, payload = %type_url);
         let result = self
@@ -98,12 +125,14 @@ impl Root for QueryService {
             .await;
         match result {
             Ok(response) => {
+                permit.finish(Code::Ok);
                 timer.finish(Code::Ok);
                 Ok(Response::new(response))
             }
             Err(error) => {
                 tracing::info!(parent: &span, %error, "query failed");
                 let status = Status::from(error);
+                permit.finish(status.code());
                 timer.finish(status.code());
                 Err(status)
             }

@@ -5,19 +5,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout_proto::search::limits::{QueryLimits, check_query};
 use fanout_proto::search::v1::search_server::Search;
 use fanout_proto::search::v1::{
     QueryMode, SearchRequest, SearchResponse, ShardSearchRequest, ShardSearchResponse,
 };
+use fanout_proto::status::quote;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::cluster::Cluster;
 use crate::deadline::RequestDeadline;
-use crate::error::RootError;
+use crate::error::RequestError;
+use crate::fanout::FanOut;
 use crate::fanout::{FanOutRequest, fan_out_and_merge};
 use crate::fetch::{FetchOptions, FetchPhase, fetch_hits};
+use crate::front::Front;
 use crate::hedge::{HedgePolicy, requested_policy};
 use crate::metrics::RootMethod;
 use crate::policy::CoveragePolicy;
@@ -29,6 +32,8 @@ pub const DEFAULT_K: u32 = 10;
 pub const MAX_K: u32 = 10_000;
 /// Stored fields a hit can return.
 pub const FETCHABLE_FIELDS: [&str; 3] = ["id", "title", "text"];
+/// The most filters one search may carry (the leaves' limit too).
+pub const MAX_FILTERS: usize = 64;
 /// Fields returned when a request names none.
 pub const DEFAULT_FIELDS: [&str; 2] = ["id", "title"];
 /// With `allow_partial`, the share of the time phase one may use: shards
@@ -40,7 +45,8 @@ pub const PHASE_ONE_SHARE_WITH_PARTIAL: f64 = 0.8;
 /// The Search service.
 #[derive(Debug, Clone)]
 pub struct SearchService {
-    cluster: Arc<Cluster>,
+    fan_out: Arc<FanOut>,
+    front: Arc<Front>,
 }
 
 /// A search request that passed validation.
@@ -55,9 +61,19 @@ pub struct ValidatedSearch {
     pub hedge: Option<HedgePolicy>,
 }
 
-/// Checks a request and turns it into what the leaves and phase two need.
-pub fn validate_search(request: SearchRequest) -> Result<ValidatedSearch, RootError> {
-    let invalid = |message: String| Err(RootError::InvalidRequest(message));
+/// Checks a request and turns it into what the leaves and phase two need;
+/// nothing over `limits` ever reaches a leaf.
+pub fn validate_search(
+    request: SearchRequest,
+    limits: &QueryLimits,
+) -> Result<ValidatedSearch, RequestError> {
+    let invalid = |message: String| Err(RequestError::InvalidRequest(message));
+    let Ok(mode) = QueryMode::try_from(request.mode) else {
+        return invalid(format!("unknown query mode {}", request.mode));
+    };
+    // Measured first: a huge query is refused before it is even trimmed.
+    check_query(&request.query, mode, limits)
+        .map_err(|exceeded| RequestError::InvalidRequest(exceeded.to_string()))?;
     if request.query.trim().is_empty() {
         return invalid("query is empty".to_owned());
     }
@@ -65,14 +81,29 @@ pub fn validate_search(request: SearchRequest) -> Result<ValidatedSearch, RootEr
     if k > MAX_K {
         return invalid(format!("k must be between 1 and {MAX_K}, got {k}"));
     }
-    let Ok(mode) = QueryMode::try_from(request.mode) else {
-        return invalid(format!("unknown query mode {}", request.mode));
-    };
+    if request.filters.len() > MAX_FILTERS {
+        return invalid(format!(
+            "{} filters, more than the limit of {MAX_FILTERS}",
+            request.filters.len()
+        ));
+    }
+    if let Some(filter) = request.filters.iter().find(|filter| filter.field != "id") {
+        return invalid(format!(
+            "cannot filter on field {}: only \"id\" can be filtered on",
+            quote(&filter.field)
+        ));
+    }
+    if let Some(after) = &request.search_after
+        && after.score.is_nan()
+    {
+        return invalid("search_after score is NaN".to_owned());
+    }
     let mut fields: Vec<String> = Vec::new();
     for field in &request.fields {
         if !FETCHABLE_FIELDS.contains(&field.as_str()) {
             return invalid(format!(
-                "unknown field {field:?}: expected one of {}",
+                "unknown field {}: expected one of {}",
+                quote(field),
                 FETCHABLE_FIELDS.join(", ")
             ));
         }
@@ -88,7 +119,7 @@ pub fn validate_search(request: SearchRequest) -> Result<ValidatedSearch, RootEr
     }
     let policy = CoveragePolicy::new(request.allow_partial, request.min_coverage)?;
     let hedge = requested_policy(request.hedge, request.hedge_delay_micros)
-        .map_err(RootError::InvalidRequest)?;
+        .map_err(RequestError::InvalidRequest)?;
     let timeout = (request.timeout_millis > 0)
         .then(|| Duration::from_millis(u64::from(request.timeout_millis)));
     Ok(ValidatedSearch {
@@ -112,8 +143,8 @@ pub fn validate_search(request: SearchRequest) -> Result<ValidatedSearch, RootEr
 }
 
 impl SearchService {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        Self { cluster }
+    pub fn new(fan_out: Arc<FanOut>, front: Arc<Front>) -> Self {
+        Self { fan_out, front }
     }
 
     async fn search_in_two_phases(
@@ -121,16 +152,16 @@ impl SearchService {
         started_at: Instant,
         request_id: &str,
         request: Request<SearchRequest>,
-    ) -> Result<SearchResponse, RootError> {
-        let cluster = &*self.cluster;
+    ) -> Result<SearchResponse, RequestError> {
+        let rules = &self.front.rules;
         let (metadata, _, request) = request.into_parts();
-        let search = validate_search(request)?;
+        let search = validate_search(request, &rules.query_limits)?;
         let deadline = RequestDeadline::for_request(
             started_at,
             &metadata,
             search.timeout,
-            cluster.default_timeout,
-            cluster.deadline_margin,
+            rules.default_timeout,
+            rules.deadline_margin,
         )?;
         let shard_deadline = if search.policy.allow_partial {
             deadline.shortened_to(PHASE_ONE_SHARE_WITH_PARTIAL).deadline
@@ -139,20 +170,20 @@ impl SearchService {
         };
         let k = search.shard_request.k as usize;
         let phase_one = fan_out_and_merge(
-            cluster,
+            &self.fan_out,
             FanOutRequest {
                 payload: fanout_proto::any::pack(&search.shard_request),
                 request_id,
                 shard_deadline,
                 deadline,
                 policy: search.policy,
-                hedge_policy: cluster.hedge_policy(search.hedge),
+                hedge_policy: search.hedge,
             },
         )
         .await?;
         let mut merged: ShardSearchResponse = fanout_proto::any::unpack(&phase_one.merged)
             .map_err(|error| {
-                RootError::Internal(format!(
+                RequestError::Internal(format!(
                     "the merger's answer is not a search result: {error}"
                 ))
             })?;
@@ -162,13 +193,15 @@ impl SearchService {
         let mut timings = phase_one.timings;
         let hits = fetch_hits(
             FetchPhase {
-                cluster,
+                shards: &self.fan_out.shards,
+                calls: &self.fan_out.calls,
                 answers: &phase_one.answers,
                 options: &search.fetch,
                 request_id,
                 deadline: deadline.deadline,
                 policy: search.policy,
-                hedge_policy: cluster.hedge_policy(search.hedge),
+                hedge_policy: search.hedge,
+                fingerprint: phase_one.fingerprint,
             },
             merged.hits,
             &mut coverage,
@@ -192,7 +225,33 @@ impl Search for SearchService {
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
         let started_at = Instant::now();
-        let timer = self.cluster.metrics.start_request(RootMethod::Search);
+        let timer = self.front.metrics.start_request(RootMethod::Search);
+        let authorized =
+            self.front
+                .authenticate(request.metadata())
+                .and_then(|tenant| match tenant {
+                    Some(tenant) => {
+                        let search = request.get_ref();
+                        tenant.check_search(
+                            search.k,
+                            DEFAULT_K,
+                            search.mode == QueryMode::Syntax as i32,
+                        )
+                    }
+                    None => Ok(()),
+                });
+        if let Err(status) = authorized {
+            timer.finish(status.code());
+            return Err(status);
+        }
+        let admission_deadline = self.front.admission_deadline(request.metadata());
+        let permit = match self.front.admission.admit(admission_deadline).await {
+            Ok(permit) => permit,
+            Err(overloaded) => {
+                timer.finish(Code::ResourceExhausted);
+                return Err(Status::resource_exhausted(overloaded.to_string()));
+            }
+        };
         let request_id = request_id_for(request.metadata());
         let span = tracing::info_span!("search", request_id = %request_id);
         let result = self
@@ -201,12 +260,14 @@ impl Search for SearchService {
             .await;
         match result {
             Ok(response) => {
+                permit.finish(Code::Ok);
                 timer.finish(Code::Ok);
                 Ok(Response::new(response))
             }
             Err(error) => {
                 tracing::info!(parent: &span, %error, "search failed");
                 let status = Status::from(error);
+                permit.finish(status.code());
                 timer.finish(status.code());
                 Err(status)
             }
@@ -226,7 +287,7 @@ mod tests {
     }
 
     fn invalid_message(request: SearchRequest) -> String {
-        let error = validate_search(request).unwrap_err();
+        let error = validate_search(request, &QueryLimits::DEFAULT).unwrap_err();
         let status = Status::from(error);
         assert_eq!(status.code(), Code::InvalidArgument);
         status.message().to_owned()
@@ -234,11 +295,35 @@ mod tests {
 
     #[test]
     fn applies_the_defaults() {
-        let search = validate_search(request("rust")).unwrap();
+        let search = validate_search(request("rust"), &QueryLimits::DEFAULT).unwrap();
         assert_eq!(search.shard_request.k, DEFAULT_K);
         assert_eq!(search.fetch.fields, vec!["id", "title"]);
         assert_eq!(search.timeout, None);
         assert!(!search.policy.allow_partial);
+    }
+
+    #[test]
+    fn refuses_queries_over_the_limits_before_anything_else() {
+        let deep = SearchRequest {
+            mode: QueryMode::Syntax as i32,
+            ..request(&format!("{}rust", "(".repeat(1000)))
+        };
+        assert_eq!(
+            invalid_message(deep),
+            "query nests deeper than the limit of 32 levels (max query depth)"
+        );
+        let long = request(&"x".repeat(40_000));
+        assert!(invalid_message(long).starts_with("query is 40000 bytes long"));
+        let message = invalid_message(SearchRequest {
+            fields: vec!["y".repeat(5000)],
+            ..request("rust")
+        });
+        assert!(message.len() < 200, "{message}");
+        let message = invalid_message(SearchRequest {
+            filters: vec![fanout_proto::search::v1::TermFilter::default(); MAX_FILTERS + 1],
+            ..request("rust")
+        });
+        assert!(message.contains("limit of 64"), "{message}");
     }
 
     #[test]
@@ -254,10 +339,13 @@ mod tests {
             ..request("rust")
         });
         assert!(message.contains("between 1 and 10000"), "{message}");
-        let search = validate_search(SearchRequest {
-            k: MAX_K,
-            ..request("rust")
-        })
+        let search = validate_search(
+            SearchRequest {
+                k: MAX_K,
+                ..request("rust")
+            },
+            &QueryLimits::DEFAULT,
+        )
         .unwrap();
         assert_eq!(search.shard_request.k, MAX_K);
     }
@@ -280,12 +368,15 @@ mod tests {
             ..request("rust")
         });
         assert!(message.contains("min_coverage"), "{message}");
-        let search = validate_search(SearchRequest {
-            fields: vec!["text".into(), "text".into(), "id".into()],
-            timeout_millis: 250,
-            mode: QueryMode::Syntax as i32,
-            ..request("title:rust")
-        })
+        let search = validate_search(
+            SearchRequest {
+                fields: vec!["text".into(), "text".into(), "id".into()],
+                timeout_millis: 250,
+                mode: QueryMode::Syntax as i32,
+                ..request("title:rust")
+            },
+            &QueryLimits::DEFAULT,
+        )
         .unwrap();
         assert_eq!(search.fetch.fields, vec!["text", "id"]);
         assert_eq!(search.timeout, Some(Duration::from_millis(250)));

@@ -18,6 +18,10 @@
 //! measurement after a mere lower bound (a cancelled attempt), replaces its
 //! estimate outright, so a recovered replica comes back at once.
 //!
+//! A replica whose health service says NOT_SERVING (a leaf draining before
+//! it stops, see [`Health`]) is avoided the same way, and one that says
+//! SERVING again after failing is chosen again at once.
+//!
 //! Every attempt goes through [`AttemptRecorder`]: the one place where
 //! latency, failures and cancellations are recorded, both per replica and in
 //! the shard's latency histogram that sets the hedge delay (answers as
@@ -28,7 +32,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -92,13 +96,139 @@ pub enum AttemptFailure {
 }
 
 /// Peak-EWMA and power-of-two-choices over the replicas of one shard.
+///
+/// The selector keeps what belongs to the shard (the latency histogram that
+/// sets the hedge delay); what belongs to one replica lives in its
+/// [`ReplicaState`], so it stays with the replica while the shard's members
+/// change (a DNS name re-resolved). Every choice is made over a snapshot of
+/// the members, `&[M]`; indexes are positions in that snapshot.
 #[derive(Debug)]
 pub struct ReplicaSelector {
-    replicas: Vec<Mutex<ReplicaLoad>>,
     options: SelectorOptions,
     random_state: RandomState,
     draws: AtomicU64,
     shard_latency: Mutex<RotatingLatencyHistogram>,
+}
+
+/// A member of a shard as the selector sees it.
+pub trait Member {
+    fn state(&self) -> &ReplicaState;
+}
+
+impl Member for ReplicaState {
+    fn state(&self) -> &ReplicaState {
+        self
+    }
+}
+
+/// What a replica's health service says (`grpc.health.v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not known (not watched, not reachable, or no health service): the
+    /// replica is judged by its calls alone.
+    Unknown,
+    Serving,
+    /// Draining or not ready: avoided while any other replica is not.
+    NotServing,
+}
+
+/// One replica's load and health, as the selector reads and updates them.
+#[derive(Debug)]
+pub struct ReplicaState {
+    load: Mutex<ReplicaLoad>,
+    health: AtomicU8,
+    /// Attempts ever sent to the replica.
+    calls: AtomicU64,
+}
+
+impl ReplicaState {
+    pub fn new(options: &SelectorOptions) -> ReplicaState {
+        ReplicaState {
+            load: Mutex::new(ReplicaLoad::new(options, Instant::now())),
+            health: AtomicU8::new(Health::Unknown as u8),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Attempts ever sent to the replica (primaries, hedges, retries, probes).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            x if x == Health::Serving as u8 => Health::Serving,
+            x if x == Health::NotServing as u8 => Health::NotServing,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Records what the health service said. A replica that says SERVING
+    /// again after failing is no longer cooling down: it is back.
+    pub fn set_health(&self, health: Health) {
+        let before = self.health.swap(health as u8, Ordering::Relaxed);
+        if health == Health::Serving && before != Health::Serving as u8 {
+            self.with_load(|load| {
+                load.cooling_until = None;
+                load.consecutive_failures = 0;
+            });
+        }
+    }
+
+    /// Whether the replica is on probation for straggling.
+    pub fn is_on_probation(&self) -> bool {
+        self.load().is_on_probation(Instant::now())
+    }
+
+    /// On probation, or past it and not yet answered well: a replica whose
+    /// last calls straggled (a hung host, say) and that has not answered
+    /// since.
+    pub fn is_suspect(&self) -> bool {
+        self.load().probation_until.is_some()
+    }
+
+    /// Attempts in flight on the replica.
+    pub fn outstanding(&self) -> u32 {
+        self.with_load(|load| load.outstanding)
+    }
+
+    /// How often the replica went on probation, and how often an answer
+    /// ended its probation.
+    pub fn probation_counts(&self) -> (u64, u64) {
+        self.with_load(|load| (load.probation_entries, load.probation_exits))
+    }
+
+    /// Whether the replica is cooling down after a failure.
+    #[cfg(test)]
+    pub fn is_cooling(&self) -> bool {
+        self.load().is_cooling(Instant::now())
+    }
+
+    /// Current `(outstanding + 1) * latency estimate`, in nanoseconds.
+    #[cfg(test)]
+    pub fn cost(&self, options: &SelectorOptions) -> f64 {
+        self.load().cost(Instant::now(), options.decay)
+    }
+
+    /// Cooling down, on probation or not serving: chosen only when every
+    /// other candidate is avoided too.
+    fn is_avoided(&self, load: &ReplicaLoad, now: Instant) -> bool {
+        load.is_avoided(now) || self.health() == Health::NotServing
+    }
+
+    fn load(&self) -> ReplicaLoad {
+        self.with_load(|load| load.clone())
+    }
+
+    fn with_load<T>(&self, update: impl FnOnce(&mut ReplicaLoad) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-update of
+        // plain numbers; they are still usable.
+        let mut load = self
+            .load
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        update(&mut load)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +250,21 @@ struct ReplicaLoad {
 }
 
 impl ReplicaLoad {
+    fn new(options: &SelectorOptions, now: Instant) -> ReplicaLoad {
+        ReplicaLoad {
+            latency_estimate_nanos: options.initial_latency.as_nanos() as f64,
+            estimate_updated_at: now,
+            outstanding: 0,
+            consecutive_failures: 0,
+            cooling_until: None,
+            estimate_is_lower_bound: false,
+            consecutive_straggles: 0,
+            probation_until: None,
+            probation_entries: 0,
+            probation_exits: 0,
+        }
+    }
+
     /// The estimate decayed towards zero by the time since its last update.
     fn decayed_estimate(&self, now: Instant, decay: Duration) -> f64 {
         let elapsed = now.saturating_duration_since(self.estimate_updated_at);
@@ -174,24 +319,8 @@ impl ReplicaLoad {
 }
 
 impl ReplicaSelector {
-    pub fn new(replica_count: usize, options: SelectorOptions) -> Self {
-        let now = Instant::now();
-        let initial = ReplicaLoad {
-            latency_estimate_nanos: options.initial_latency.as_nanos() as f64,
-            estimate_updated_at: now,
-            outstanding: 0,
-            consecutive_failures: 0,
-            cooling_until: None,
-            estimate_is_lower_bound: false,
-            consecutive_straggles: 0,
-            probation_until: None,
-            probation_entries: 0,
-            probation_exits: 0,
-        };
+    pub fn new(options: SelectorOptions) -> Self {
         Self {
-            replicas: (0..replica_count)
-                .map(|_| Mutex::new(initial.clone()))
-                .collect(),
             options,
             random_state: RandomState::new(),
             draws: AtomicU64::new(0),
@@ -200,6 +329,10 @@ impl ReplicaSelector {
                 options.latency_estimate,
             )),
         }
+    }
+
+    pub fn options(&self) -> &SelectorOptions {
+        &self.options
     }
 
     /// The shard's recent attempt latency at `percentile`; `None` while it
@@ -211,20 +344,34 @@ impl ReplicaSelector {
             .percentile(percentile)
     }
 
-    /// The cheapest replica not in `tried`, preferring those neither
-    /// cooling down nor on probation: the target of a hedge.
-    pub fn best_untried(&self, tried: &[usize]) -> Option<usize> {
-        let now = Instant::now();
-        (0..self.replicas.len())
-            .filter(|index| !tried.contains(index))
-            .map(|index| {
-                let load = self.load(index);
+    /// `(index, avoided, cost)` of every member not in `tried`.
+    fn candidates<M: Member>(
+        &self,
+        members: &[M],
+        tried: &[usize],
+        now: Instant,
+    ) -> Vec<(usize, bool, f64)> {
+        members
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !tried.contains(index))
+            .map(|(index, member)| {
+                let state = member.state();
+                let load = state.load();
                 (
                     index,
-                    load.is_avoided(now),
+                    state.is_avoided(&load, now),
                     load.cost(now, self.options.decay),
                 )
             })
+            .collect()
+    }
+
+    /// The cheapest member not in `tried`, preferring those neither
+    /// cooling down, on probation nor draining: the target of a hedge.
+    pub fn best_untried<M: Member>(&self, members: &[M], tried: &[usize]) -> Option<usize> {
+        self.candidates(members, tried, Instant::now())
+            .into_iter()
             .min_by(|a, b| {
                 (a.1, a.2)
                     .partial_cmp(&(b.1, b.2))
@@ -233,35 +380,23 @@ impl ReplicaSelector {
             .map(|(index, _, _)| index)
     }
 
-    /// Whether replica `index` is on probation for straggling.
-    pub fn is_on_probation(&self, index: usize) -> bool {
-        self.load(index).is_on_probation(Instant::now())
-    }
-
-    /// Attempts in flight on replica `index`.
-    pub fn outstanding(&self, index: usize) -> u32 {
-        self.with_load(index, |load| load.outstanding)
-    }
-
-    /// How often replica `index` went on probation, and how often an answer
-    /// ended its probation, since the root started.
-    pub fn probation_counts(&self, index: usize) -> (u64, u64) {
-        self.with_load(index, |load| (load.probation_entries, load.probation_exits))
-    }
-
-    /// The replica for the next attempt, skipping those in `tried`: by the
-    /// power of two choices among the replicas not cooling down (or among
-    /// all untried ones when every one is cooling down). `None` when every
-    /// replica has been tried.
-    pub fn choose(&self, tried: &[usize]) -> Option<usize> {
+    /// The member for the next attempt, skipping those in `tried`: by the
+    /// power of two choices among the members not avoided (or among all
+    /// untried ones when every one is avoided). `None` when every member
+    /// has been tried.
+    pub fn choose<M: Member>(&self, members: &[M], tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
         // A replica whose probation just ended gets the next attempt: the
         // probe that ends its probation or renews it. One probe at a time:
         // the probation stays set (expired) until the probe's outcome.
-        if let Some(index) = (0..self.replicas.len())
-            .filter(|index| !tried.contains(index))
-            .find(|&index| {
-                self.with_load(index, |load| {
+        if let Some(index) = members
+            .iter()
+            .enumerate()
+            .filter(|(index, member)| {
+                !tried.contains(index) && member.state().health() != Health::NotServing
+            })
+            .find(|(_, member)| {
+                member.state().with_load(|load| {
                     let probe = load.awaits_probe(now) && load.outstanding == 0;
                     if probe {
                         // Renewed at once so no other request probes too;
@@ -271,23 +406,14 @@ impl ReplicaSelector {
                     probe
                 })
             })
+            .map(|(index, _)| index)
         {
             return Some(index);
         }
-        let candidates: Vec<(usize, bool, f64)> = (0..self.replicas.len())
-            .filter(|index| !tried.contains(index))
-            .map(|index| {
-                let load = self.load(index);
-                (
-                    index,
-                    load.is_avoided(now),
-                    load.cost(now, self.options.decay),
-                )
-            })
-            .collect();
+        let candidates = self.candidates(members, tried, now);
         let ready: Vec<(usize, f64)> = candidates
             .iter()
-            .filter(|(_, cooling, _)| !cooling)
+            .filter(|(_, avoided, _)| !avoided)
             .map(|&(index, _, cost)| (index, cost))
             .collect();
         let pool = if ready.is_empty() {
@@ -311,38 +437,22 @@ impl ReplicaSelector {
         }
     }
 
-    /// Starts an attempt on replica `index`; the recorder reports its end.
-    pub fn begin_attempt(&self, index: usize) -> AttemptRecorder<'_> {
-        self.with_load(index, |load| load.outstanding += 1);
+    /// Starts an attempt on member `index`; the recorder reports its end.
+    pub fn begin_attempt<'a, M: Member>(
+        &'a self,
+        members: &'a [M],
+        index: usize,
+    ) -> AttemptRecorder<'a> {
+        let replica = members[index].state();
+        replica.calls.fetch_add(1, Ordering::Relaxed);
+        replica.with_load(|load| load.outstanding += 1);
         AttemptRecorder {
             selector: self,
+            replica,
             index,
             started_at: Instant::now(),
             finished: false,
         }
-    }
-
-    /// Whether replica `index` is cooling down after a failure.
-    pub fn is_cooling(&self, index: usize) -> bool {
-        self.load(index).is_cooling(Instant::now())
-    }
-
-    /// Current `(outstanding + 1) * latency estimate` of replica `index`, in nanoseconds.
-    pub fn cost(&self, index: usize) -> f64 {
-        self.load(index).cost(Instant::now(), self.options.decay)
-    }
-
-    fn load(&self, index: usize) -> ReplicaLoad {
-        self.with_load(index, |load| load.clone())
-    }
-
-    fn with_load<T>(&self, index: usize, update: impl FnOnce(&mut ReplicaLoad) -> T) -> T {
-        // A poisoned lock only means another thread panicked mid-update of
-        // plain numbers; they are still usable.
-        let mut load = self.replicas[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        update(&mut load)
     }
 
     fn random_below(&self, bound: usize) -> usize {
@@ -350,7 +460,12 @@ impl ReplicaSelector {
         (self.random_state.hash_one(draw) % bound as u64) as usize
     }
 
-    fn finish_attempt(&self, index: usize, started_at: Instant, outcome: Option<AttemptFailure>) {
+    fn finish_attempt(
+        &self,
+        replica: &ReplicaState,
+        started_at: Instant,
+        outcome: Option<AttemptFailure>,
+    ) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started_at);
         let options = self.options;
@@ -370,7 +485,7 @@ impl ReplicaSelector {
                 Some(AttemptFailure::Retryable) => {}
             }
         }
-        self.with_load(index, |load| {
+        replica.with_load(|load| {
             load.outstanding = load.outstanding.saturating_sub(1);
             match outcome {
                 None => {
@@ -425,6 +540,7 @@ impl ReplicaSelector {
 #[must_use = "report how the attempt ended"]
 pub struct AttemptRecorder<'a> {
     selector: &'a ReplicaSelector,
+    replica: &'a ReplicaState,
     index: usize,
     started_at: Instant,
     finished: bool,
@@ -439,7 +555,7 @@ impl AttemptRecorder<'_> {
         self.finish(Some(failure));
     }
 
-    /// The replica of this attempt.
+    /// The replica of this attempt: its index in the members it was chosen from.
     pub fn replica_index(&self) -> usize {
         self.index
     }
@@ -452,7 +568,7 @@ impl AttemptRecorder<'_> {
     fn finish(&mut self, outcome: Option<AttemptFailure>) {
         self.finished = true;
         self.selector
-            .finish_attempt(self.index, self.started_at, outcome);
+            .finish_attempt(self.replica, self.started_at, outcome);
     }
 }
 
@@ -469,7 +585,59 @@ mod tests {
     use super::*;
     use tokio::time::advance;
 
-    async fn record_success(selector: &ReplicaSelector, index: usize, latency: Duration) {
+    /// A selector and its members, asked by index as a shard call does.
+    struct Shard {
+        selector: ReplicaSelector,
+        members: Vec<ReplicaState>,
+    }
+
+    impl Shard {
+        fn new(replicas: usize) -> Shard {
+            let options = SelectorOptions::default();
+            Shard {
+                selector: ReplicaSelector::new(options),
+                members: (0..replicas).map(|_| ReplicaState::new(&options)).collect(),
+            }
+        }
+
+        fn choose(&self, tried: &[usize]) -> Option<usize> {
+            self.selector.choose(&self.members, tried)
+        }
+
+        fn best_untried(&self, tried: &[usize]) -> Option<usize> {
+            self.selector.best_untried(&self.members, tried)
+        }
+
+        fn begin_attempt(&self, index: usize) -> AttemptRecorder<'_> {
+            self.selector.begin_attempt(&self.members, index)
+        }
+
+        fn cost(&self, index: usize) -> f64 {
+            self.members[index].cost(&self.selector.options)
+        }
+
+        fn is_cooling(&self, index: usize) -> bool {
+            self.members[index].is_cooling()
+        }
+
+        fn is_on_probation(&self, index: usize) -> bool {
+            self.members[index].is_on_probation()
+        }
+
+        fn outstanding(&self, index: usize) -> u32 {
+            self.members[index].outstanding()
+        }
+
+        fn probation_counts(&self, index: usize) -> (u64, u64) {
+            self.members[index].probation_counts()
+        }
+
+        fn latency_percentile(&self, percentile: f64) -> Option<Duration> {
+            self.selector.latency_percentile(percentile)
+        }
+    }
+
+    async fn record_success(selector: &Shard, index: usize, latency: Duration) {
         let attempt = selector.begin_attempt(index);
         advance(latency).await;
         attempt.succeeded();
@@ -477,7 +645,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn prefers_the_lower_cost_replica() {
-        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        let selector = Shard::new(2);
         record_success(&selector, 0, Duration::from_millis(80)).await;
         record_success(&selector, 1, Duration::from_millis(2)).await;
         for _ in 0..50 {
@@ -495,7 +663,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_answer_raises_the_estimate_at_once_and_it_decays_later() {
-        let selector = ReplicaSelector::new(1, SelectorOptions::default());
+        let selector = Shard::new(1);
         record_success(&selector, 0, Duration::from_millis(100)).await;
         let peak = selector.cost(0);
         assert!((peak - 100e6).abs() < 1e3, "{peak}");
@@ -506,7 +674,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_replica_is_avoided_during_its_cool_down() {
-        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        let selector = Shard::new(2);
         record_success(&selector, 0, Duration::from_millis(1)).await;
         record_success(&selector, 1, Duration::from_millis(50)).await;
         assert_eq!(selector.choose(&[]), Some(0));
@@ -526,7 +694,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn repeated_failures_lengthen_the_cool_down_and_success_ends_it() {
-        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        let selector = Shard::new(2);
         selector.begin_attempt(0).failed(AttemptFailure::Retryable);
         advance(Duration::from_millis(501)).await;
         selector.begin_attempt(0).failed(AttemptFailure::Retryable);
@@ -545,7 +713,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn choose_skips_tried_replicas_and_runs_out() {
-        let selector = ReplicaSelector::new(3, SelectorOptions::default());
+        let selector = Shard::new(3);
         let first = selector.choose(&[]).unwrap();
         let second = selector.choose(&[first]).unwrap();
         assert_ne!(first, second);
@@ -556,7 +724,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_attempt_only_raises_the_estimate() {
-        let selector = ReplicaSelector::new(1, SelectorOptions::default());
+        let selector = Shard::new(1);
         let before = selector.cost(0);
         let attempt = selector.begin_attempt(0);
         advance(Duration::from_millis(1)).await;
@@ -574,7 +742,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn both_choices_are_drawn_among_many_replicas() {
-        let selector = ReplicaSelector::new(4, SelectorOptions::default());
+        let selector = Shard::new(4);
         let mut seen = [0_u32; 4];
         for _ in 0..400 {
             seen[selector.choose(&[]).unwrap()] += 1;
@@ -584,7 +752,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn repeated_straggling_puts_a_replica_on_probation_until_a_probe_answers() {
-        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        let selector = Shard::new(2);
         record_success(&selector, 0, Duration::from_millis(1)).await;
         record_success(&selector, 1, Duration::from_millis(2)).await;
         for straggle in 1..=3 {
@@ -642,7 +810,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_shard_histogram_counts_losers_but_not_unreachable_replicas() {
-        let selector = ReplicaSelector::new(2, SelectorOptions::default());
+        let selector = Shard::new(2);
         for _ in 0..10 {
             record_success(&selector, 0, Duration::from_micros(300)).await;
             let loser = selector.begin_attempt(1);
@@ -657,5 +825,39 @@ mod tests {
         );
         let p95 = selector.latency_percentile(95.0).unwrap();
         assert!(p95 >= Duration::from_millis(39), "{p95:?}: losers count");
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_replica_is_avoided_and_a_serving_one_is_back_at_once() {
+        let options = SelectorOptions::default();
+        let selector = ReplicaSelector::new(options);
+        let members: Vec<ReplicaState> = (0..2).map(|_| ReplicaState::new(&options)).collect();
+        members[0].set_health(Health::NotServing);
+        for _ in 0..20 {
+            assert_eq!(selector.choose(&members, &[]), Some(1));
+            assert_eq!(selector.best_untried(&members, &[]), Some(1));
+        }
+        assert_eq!(
+            selector.choose(&members, &[1]),
+            Some(0),
+            "a draining replica still answers when it is the only one left"
+        );
+
+        // It fails while it restarts, then says SERVING again: no cool-down.
+        selector
+            .begin_attempt(&members, 0)
+            .failed(AttemptFailure::Retryable);
+        assert!(members[0].is_cooling());
+        members[0].set_health(Health::Serving);
+        assert!(!members[0].is_cooling());
+        let chosen: Vec<_> = (0..50)
+            .filter_map(|_| selector.choose(&members, &[]))
+            .collect();
+        assert!(chosen.contains(&0), "{chosen:?}");
     }
 }

@@ -21,27 +21,64 @@
 //!   decides.
 //! - The deadline passed (tonic's expired timeout, which it reports as
 //!   CANCELLED, or DEADLINE_EXCEEDED from the leaf): the shard timed out.
+//! - The replica's connection broke during the call (it most likely died):
+//!   the request may be what killed it, so before failing over the call asks
+//!   the [`CrashWatch`] (see [`crate::crash`]), which may call it a request
+//!   of death ([`ShardCallOutcome::RequestOfDeath`]) or forbid a retry.
 //!
 //! Hedges and retries both spend from the root's [`HedgeBudget`]; without a
 //! token the hedge or retry is not sent and counted as suppressed.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use fanout_proto::Any;
 use fanout_proto::retry::is_retryable;
+use fanout_proto::status::is_expired_timeout;
 use fanout_proto::v1::{ExecuteRequest, ExecuteResponse};
+use fanout_runtime::metrics::Counter;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::crash::{CrashVerdict, CrashWatch, Fingerprint, LostCall};
 use crate::hedge::{HedgeBudget, HedgePolicy, HedgeSettings};
-use crate::metrics::ShardCallMetrics;
-use crate::replica::ReplicaSet;
+use crate::replica::{Replica, ReplicaSet};
 use crate::selector::{AttemptFailure, AttemptRecorder};
+
+/// Which of a request's shard calls: the fan-out (phase one, the calls
+/// `ShardTiming` reports) or the fetch of stored fields (phase two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardPhase {
+    FanOut,
+    Fetch,
+}
+
+impl ShardPhase {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ShardPhase::FanOut => "fanout",
+            ShardPhase::Fetch => "fetch",
+        }
+    }
+}
+
+/// The lifetime counts of one shard in one phase; a shard call adds to them
+/// as it adds to its own `ShardCallCounters`.
+#[derive(Debug, Clone)]
+pub struct ShardCallMetrics {
+    pub primary_attempts: Counter,
+    pub hedge_attempts: Counter,
+    pub retry_attempts: Counter,
+    pub hedges: Counter,
+    pub hedges_won: Counter,
+    pub hedges_suppressed: Counter,
+    pub retries: Counter,
+}
 
 /// How one shard call hedges: the request's policy and the root's settings
 /// and budget.
@@ -113,6 +150,38 @@ impl ShardCallCounters {
         }
     }
 
+    /// Writes the counts into the shard's `ShardTiming`, in the fields of
+    /// `phase` (`attempts`, ... or `fetch_attempts`, ...).
+    pub fn report_into(&self, timing: &mut fanout_proto::v1::ShardTiming, phase: ShardPhase) {
+        let count = |counter: &AtomicU32| counter.load(Ordering::Relaxed);
+        let fields = match phase {
+            ShardPhase::FanOut => [
+                &mut timing.attempts,
+                &mut timing.hedges,
+                &mut timing.hedges_won,
+                &mut timing.hedges_suppressed,
+                &mut timing.retries,
+            ],
+            ShardPhase::Fetch => [
+                &mut timing.fetch_attempts,
+                &mut timing.fetch_hedges,
+                &mut timing.fetch_hedges_won,
+                &mut timing.fetch_hedges_suppressed,
+                &mut timing.fetch_retries,
+            ],
+        };
+        let counts = [
+            &self.attempts,
+            &self.hedges,
+            &self.hedges_won,
+            &self.hedges_suppressed,
+            &self.retries,
+        ];
+        for (field, counter) in fields.into_iter().zip(counts) {
+            *field = count(counter);
+        }
+    }
+
     pub(crate) fn retry_sent(&self) {
         Self::add(&self.retries);
         if let Some(metrics) = &self.metrics {
@@ -121,9 +190,19 @@ impl ShardCallCounters {
     }
 }
 
+/// The request a shard call belongs to, as the crash policy knows it.
+#[derive(Clone, Copy)]
+pub struct CrashContext<'a> {
+    pub watch: &'a CrashWatch,
+    pub fingerprint: Fingerprint,
+}
+
 /// One shard call to make.
 pub struct ShardCall<'a> {
     pub replica_set: &'a ReplicaSet,
+    /// The shard's members as the call starts (see [`ReplicaSet::members`]);
+    /// replica indexes are positions in it.
+    pub members: &'a [Arc<Replica>],
     pub payload: &'a Any,
     pub request_id: &'a str,
     pub deadline: Instant,
@@ -132,13 +211,55 @@ pub struct ShardCall<'a> {
     pub preferred_replica: Option<usize>,
     pub hedging: ShardHedging<'a>,
     pub counters: &'a ShardCallCounters,
+    /// `None`: a broken connection fails over at once.
+    pub crash: Option<CrashContext<'a>>,
+    /// Hedges wait until it opens (`None`: they go out at the hedge delay).
+    pub hedge_gate: Option<&'a HedgeGate>,
+}
+
+/// Holds a request's hedges back until one of its shards has answered.
+///
+/// A hedge sends the request to a second replica of a shard while the first
+/// is still working on it. If the request is one that kills the leaves it
+/// reaches, the first replica may not have died yet when the hedge delay
+/// is up, and the hedge would kill its sibling too: every shard would lose
+/// two replicas. A request that has been answered by one shard has shown it
+/// does not kill leaves (the canary requests of "The Tail at Scale"), so
+/// the fan-out opens the gate on its first answer. Hedging is for the
+/// straggling shard of a request whose other shards have answered, so the
+/// gate seldom holds a hedge that could have helped; when no shard has
+/// answered, every shard is slow, which hedging does not cure.
+#[derive(Debug)]
+pub struct HedgeGate {
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl HedgeGate {
+    /// A gate that opens when [`open`](Self::open) is called.
+    pub fn closed() -> HedgeGate {
+        HedgeGate {
+            open: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn opened(&self) {
+        let mut open = self.open.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+    }
 }
 
 /// A replica's answer.
 #[derive(Debug)]
 pub struct ShardAnswer {
     pub response: ExecuteResponse,
-    pub replica_index: usize,
+    /// Who answered.
+    pub replica: Arc<Replica>,
     /// 0 for the first attempt.
     pub attempt: u32,
     /// From the shard's first attempt to this answer.
@@ -156,10 +277,14 @@ pub enum ShardCallOutcome {
     Rejected(Status),
     /// The deadline passed first.
     TimedOut,
+    /// The request killed the replicas it reached (see [`crate::crash`]).
+    RequestOfDeath(String),
 }
 
 pub(crate) enum AttemptError {
     TimedOut,
+    /// The connection broke during the call: maybe the replica died.
+    ConnectionLost,
     Retryable,
     RequestRejected,
     ShardFailed,
@@ -179,23 +304,58 @@ struct Attempts<'a> {
     tried: Vec<usize>,
 }
 
-/// Calls the shard, hedging and failing over between its replicas (or,
-/// under [`HedgePolicy::Tower`], through tower's hedge middleware).
+/// Calls the shard, hedging and failing over between its replicas.
 pub async fn call_shard(call: ShardCall<'_>) -> ShardCallOutcome {
-    if call.hedging.policy == HedgePolicy::Tower {
-        return crate::hedge::tower_baseline::call_shard(call).await;
-    }
-    let replica_set = call.replica_set;
+    let members = call.members;
     call_shard_over(call, |replica_index, request| {
-        let mut client = replica_set.replicas[replica_index].leaf_client();
-        async move {
-            client
-                .execute(request)
-                .await
-                .map(tonic::Response::into_inner)
-        }
+        execute_on(members, replica_index, request)
     })
     .await
+}
+
+/// One `Leaf/Execute` attempt on a real replica.
+pub(crate) fn execute_on(
+    members: &[Arc<Replica>],
+    replica_index: usize,
+    request: tonic::Request<ExecuteRequest>,
+) -> impl Future<Output = Result<ExecuteResponse, Status>> + Send + 'static {
+    let mut client = members[replica_index].leaf_client();
+    async move {
+        client
+            .execute(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+/// One attempt of a shard call, as both the hedged call and the tower
+/// baseline send it: the request with the time left as its `grpc-timeout`,
+/// and the call given up (DEADLINE_EXCEEDED) when the shard's deadline passes.
+pub(crate) fn attempt<Fut>(
+    shard_id: u32,
+    payload: &Any,
+    request_id: &str,
+    attempt: u32,
+    deadline: Instant,
+    execute: impl FnOnce(tonic::Request<ExecuteRequest>) -> Fut,
+) -> impl Future<Output = Result<ExecuteResponse, Status>>
+where
+    Fut: Future<Output = Result<ExecuteResponse, Status>>,
+{
+    let mut request = tonic::Request::new(ExecuteRequest {
+        payload: Some(payload.clone()),
+        shard_id,
+        attempt,
+        request_id: request_id.to_owned(),
+    });
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    let call = execute(request);
+    async move {
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Status::deadline_exceeded("the shard deadline passed")),
+        }
+    }
 }
 
 /// [`call_shard`] over any transport: `execute(replica_index, request)`
@@ -207,16 +367,19 @@ where
 {
     let ShardCall {
         replica_set,
+        members,
         payload,
         request_id,
         deadline,
         preferred_replica,
         hedging,
         counters,
+        crash,
+        hedge_gate,
     } = call;
     let shard_id = replica_set.shard_id;
     let selector = &replica_set.selector;
-    let replica_count = replica_set.replicas.len();
+    let replica_count = members.len();
     let first_attempt_at = Instant::now();
     let hedge_delay = hedging.settings.hedge_delay(hedging.policy, |percentile| {
         selector.latency_percentile(percentile)
@@ -230,47 +393,47 @@ where
     let mut last_failure: Option<Status> = None;
     // A non-retryable failure stops new attempts (those running may still win).
     let mut may_retry = true;
+    // Calls lost with their replica, awaiting the crash policy's verdict.
+    let mut lost_calls: Vec<LostCall> = Vec::new();
 
     let preferred = preferred_replica.filter(|index| *index < replica_count);
-    let Some(primary) = preferred.or_else(|| selector.choose(&[])) else {
-        return ShardCallOutcome::Failed(Status::unavailable(format!(
-            "shard {shard_id} has no replicas"
-        )));
+    let Some(primary) = preferred.or_else(|| selector.choose(members, &[])) else {
+        return ShardCallOutcome::Failed(Status::unavailable(no_replicas_message(replica_set)));
     };
     if deadline <= Instant::now() {
         return ShardCallOutcome::TimedOut;
     }
     hedging.budget.record_primary_call();
+    let execute = &execute;
     let send = |attempts: &mut Attempts<'a>, replica_index: usize, kind: AttemptKind| {
         let attempt = attempts.recorders.len() as u32;
         attempts.tried.push(replica_index);
         attempts.kinds.push(kind);
         attempts
             .recorders
-            .push(Some(selector.begin_attempt(replica_index)));
+            .push(Some(selector.begin_attempt(members, replica_index)));
         counters.attempt_sent(kind);
-        let replica = &replica_set.replicas[replica_index];
-        let request = ExecuteRequest {
-            payload: Some(payload.clone()),
-            shard_id,
-            attempt,
-            request_id: request_id.to_owned(),
-        };
+        let replica = &members[replica_index];
         let span = tracing::debug_span!("shard_attempt", shard_id, attempt, ?kind, replica = %replica.address);
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let call = execute(replica_index, request);
-        async move {
-            let result = match tokio::time::timeout_at(deadline, call).await {
-                Ok(result) => result,
-                Err(_elapsed) => Err(Status::deadline_exceeded("the shard deadline passed")),
-            };
-            (attempt, result)
-        }
-        .instrument(span)
+        let call = self::attempt(
+            shard_id,
+            payload,
+            request_id,
+            attempt,
+            deadline,
+            move |request| execute(replica_index, request),
+        );
+        async move { (attempt, call.await) }.instrument(span)
     };
     in_flight.push(send(&mut attempts, primary, AttemptKind::Primary));
     let mut next_hedge_at = hedge_delay.map(|delay| Instant::now() + delay);
+    // A primary sent to a suspect replica (on probation, or past it and not
+    // yet answered well: its probe, or a choice made while its probe is
+    // out) gets the hedge delay to answer, as any primary, but its hedge is
+    // never refused by the budget, so that a replica still hung cannot cost
+    // the request its deadline. Bounded: a suspect replica that straggles
+    // again goes back on probation for twice as long.
+    let mut covering_a_suspect = members[primary].state().is_suspect();
 
     loop {
         if in_flight.is_empty() {
@@ -281,13 +444,33 @@ where
             if !may_retry {
                 return ShardCallOutcome::Failed(failure);
             }
-            let Some(replica_index) = selector.choose(&attempts.tried) else {
+            // A call lost with its replica fails over whatever the budget
+            // holds: the budget caps what hedging and retrying add to a
+            // working cluster, and these are bounded by the calls that were
+            // in flight on replicas that died.
+            let mut failing_over_a_lost_call = false;
+            if let Some(crash) = crash.filter(|_| !lost_calls.is_empty()) {
+                match settle_crash_verdict(crash.watch, &lost_calls, deadline).await {
+                    None => return ShardCallOutcome::TimedOut,
+                    Some(CrashVerdict::FailOver) => {
+                        lost_calls.clear();
+                        failing_over_a_lost_call = true;
+                    }
+                    Some(CrashVerdict::DoNotRetry(reason)) => {
+                        return ShardCallOutcome::Failed(Status::unavailable(reason));
+                    }
+                    Some(CrashVerdict::RequestOfDeath(message)) => {
+                        return ShardCallOutcome::RequestOfDeath(message);
+                    }
+                }
+            }
+            let Some(replica_index) = selector.choose(members, &attempts.tried) else {
                 return ShardCallOutcome::Failed(failure);
             };
             if deadline <= Instant::now() {
                 return ShardCallOutcome::TimedOut;
             }
-            if !hedging.budget.try_spend() {
+            if !failing_over_a_lost_call && !hedging.budget.try_spend() {
                 counters.suppressed();
                 tracing::debug!(shard_id, "retry suppressed: the hedge budget is empty");
                 return ShardCallOutcome::Failed(failure);
@@ -307,7 +490,12 @@ where
         });
         let hedge_timer = async {
             match hedge_due {
-                Some(at) => hedging.settings.timer.sleep_until(at).await,
+                Some(at) => {
+                    hedging.settings.timer.sleep_until(at).await;
+                    if let Some(gate) = hedge_gate {
+                        gate.opened().await;
+                    }
+                }
                 None => std::future::pending().await,
             }
         };
@@ -337,7 +525,7 @@ where
                         }
                         return ShardCallOutcome::Answered(ShardAnswer {
                             response,
-                            replica_index,
+                            replica: Arc::clone(&members[replica_index]),
                             attempt,
                             latency: first_attempt_at.elapsed(),
                         });
@@ -351,10 +539,32 @@ where
                         recorder.failed(AttemptFailure::TimedOut);
                         return ShardCallOutcome::TimedOut;
                     }
+                    AttemptError::ConnectionLost => {
+                        let replica = &members[replica_index].address;
+                        let failure = transport_failure_status(replica, &status);
+                        tracing::debug!(shard_id, attempt, message = failure.message(), "attempt lost with its replica");
+                        if let Some(crash) = crash.filter(|crash| crash.watch.settings().enabled) {
+                            let lost = LostCall {
+                                shard_id,
+                                replica: replica.clone(),
+                                fingerprint: crash.fingerprint,
+                                sent_at: recorder.started_at(),
+                                lost_at: Instant::now(),
+                            };
+                            crash.watch.record_loss(lost.clone());
+                            lost_calls.push(lost);
+                        }
+                        recorder.failed(AttemptFailure::Retryable);
+                        last_failure = Some(failure);
+                    }
                     AttemptError::Retryable => {
                         recorder.failed(AttemptFailure::Retryable);
                         tracing::debug!(shard_id, attempt, ?code, message, "attempt failed; retryable");
-                        last_failure = Some(status);
+                        last_failure = Some(if is_transport_failure(&status) {
+                            transport_failure_status(&members[replica_index].address, &status)
+                        } else {
+                            status
+                        });
                     }
                     AttemptError::RequestRejected => {
                         recorder.failed(AttemptFailure::Answered);
@@ -376,10 +586,11 @@ where
                 let due = next_hedge_at.unwrap_or_else(Instant::now);
                 let lateness = Instant::now().saturating_duration_since(due);
                 next_hedge_at = None;
-                let Some(replica_index) = selector.best_untried(&attempts.tried) else {
+                let Some(replica_index) = selector.best_untried(members, &attempts.tried) else {
                     continue;
                 };
-                if !hedging.budget.try_spend() {
+                let covers_a_suspect = std::mem::take(&mut covering_a_suspect);
+                if !covers_a_suspect && !hedging.budget.try_spend_on_hedge() {
                     counters.suppressed();
                     tracing::debug!(shard_id, "hedge suppressed: the hedge budget is empty");
                     continue;
@@ -399,6 +610,57 @@ where
     }
 }
 
+/// Why a shard has no replica to call: none listed, or none found yet by
+/// its `dns:` names.
+pub(crate) fn no_replicas_message(replica_set: &ReplicaSet) -> String {
+    let shard_id = replica_set.shard_id;
+    if replica_set.has_dns_sources() {
+        let names: Vec<String> = replica_set
+            .sources
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        format!(
+            "shard {shard_id} has no replicas: {} resolved to no address yet",
+            names.join(", ")
+        )
+    } else {
+        format!("shard {shard_id} has no replicas")
+    }
+}
+
+/// Waits until the crash events of the calls lost with their replicas are
+/// over (no replica lost for `settle`, so every replica the event took is
+/// known), then asks for the verdict on them; `None` if the deadline comes
+/// first. The worst verdict of the lost calls wins.
+async fn settle_crash_verdict(
+    watch: &CrashWatch,
+    lost_calls: &[LostCall],
+    deadline: Instant,
+) -> Option<CrashVerdict> {
+    loop {
+        let event_end = lost_calls.iter().map(|lost| watch.event_end(lost)).max()?;
+        let settled = event_end + watch.settings().settle;
+        if settled > deadline {
+            tokio::time::sleep_until(deadline).await;
+            return None;
+        }
+        if settled <= Instant::now() {
+            break;
+        }
+        tokio::time::sleep_until(settled).await;
+    }
+    let mut verdict = CrashVerdict::FailOver;
+    for lost in lost_calls {
+        match watch.verdict(lost) {
+            CrashVerdict::FailOver => {}
+            death @ CrashVerdict::RequestOfDeath(_) => return Some(death),
+            no_retry @ CrashVerdict::DoNotRetry(_) => verdict = no_retry,
+        }
+    }
+    Some(verdict)
+}
+
 pub(crate) fn classify(status: &Status, deadline: Instant) -> AttemptError {
     let code = status.code();
     if is_expired_timeout(status)
@@ -406,6 +668,9 @@ pub(crate) fn classify(status: &Status, deadline: Instant) -> AttemptError {
         || (code == Code::Cancelled && Instant::now() >= deadline)
     {
         return AttemptError::TimedOut;
+    }
+    if is_connection_lost(status) {
+        return AttemptError::ConnectionLost;
     }
     if is_retryable(status) || is_transport_failure(status) {
         return AttemptError::Retryable;
@@ -419,24 +684,43 @@ pub(crate) fn classify(status: &Status, deadline: Instant) -> AttemptError {
     }
 }
 
-/// Whether tonic ended the call because its own timeout expired (it reports
-/// that as CANCELLED "Timeout expired").
-pub fn is_expired_timeout(status: &Status) -> bool {
-    let mut source = status.source();
-    while let Some(error) = source {
-        if error.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
-}
-
 /// Whether the status was made on this side of the wire from a transport
 /// error (connection refused, reset, closed mid-call) rather than received
 /// from the leaf: a status from the wire carries no source error.
 fn is_transport_failure(status: &Status) -> bool {
     status.source().is_some() && !is_expired_timeout(status)
+}
+
+/// Whether a transport failure broke a call already under way, rather than
+/// failing to connect (a `tonic::ConnectError` in the chain: the replica was
+/// down before this call, which says nothing about the call).
+fn is_connection_lost(status: &Status) -> bool {
+    is_transport_failure(status)
+        && !source_chain(status).any(|error| error.is::<tonic::ConnectError>())
+}
+
+fn source_chain(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(status.source(), |error| (*error).source())
+}
+
+/// A transport failure as the coverage reports it: UNAVAILABLE (tonic says
+/// UNKNOWN "transport error" for some), naming the replica and the
+/// innermost cause.
+fn transport_failure_status(replica: &str, status: &Status) -> Status {
+    let cause = source_chain(status)
+        .last()
+        .map(|error| error.to_string())
+        .filter(|cause| !status.message().contains(cause.as_str()));
+    let what = if is_connection_lost(status) {
+        "connection lost during the call"
+    } else {
+        "cannot connect"
+    };
+    let message = match cause {
+        Some(cause) => format!("replica {replica}: {what}: {}: {cause}", status.message()),
+        None => format!("replica {replica}: {what}: {}", status.message()),
+    };
+    Status::unavailable(fanout_proto::status::bounded(message))
 }
 
 #[cfg(test)]
@@ -500,8 +784,31 @@ mod tests {
         assert!(is_transport_failure(&reset));
         assert!(matches!(
             classify(&reset, deadline),
+            AttemptError::ConnectionLost
+        ));
+        let described = transport_failure_status("http://127.0.0.1:9", &reset);
+        assert_eq!(described.code(), Code::Unavailable);
+        assert!(
+            described
+                .message()
+                .starts_with("replica http://127.0.0.1:9: connection lost during the call"),
+            "{}",
+            described.message()
+        );
+
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert!(matches!(
+            classify(&refused, deadline),
             AttemptError::Retryable
         ));
+        let described = transport_failure_status("http://127.0.0.1:9", &refused);
+        assert!(
+            described.message().contains("cannot connect"),
+            "{}",
+            described.message()
+        );
     }
 
     /// Paused-clock tests of hedging over fake leaves: each replica answers
@@ -510,7 +817,7 @@ mod tests {
     mod hedging {
         use super::super::*;
         use crate::hedge::HedgeTimer;
-        use crate::metrics::{RootMetrics, ShardPhase};
+        use crate::metrics::RootMetrics;
         use std::sync::Mutex;
 
         #[derive(Clone, Copy)]
@@ -562,8 +869,10 @@ mod tests {
                 ShardCallCounters::reporting_to(metrics.shard_call(0, ShardPhase::FanOut));
             let payload = Any::default();
             let started = Instant::now();
+            let members = replicas.members();
             let call = ShardCall {
                 replica_set: replicas,
+                members: &members,
                 payload: &payload,
                 request_id: "r",
                 deadline: started + Duration::from_secs(1),
@@ -574,6 +883,8 @@ mod tests {
                     budget,
                 },
                 counters: &counters,
+                crash: None,
+                hedge_gate: None,
             };
             let log_ref = &log;
             let outcome = call_shard_over(call, |replica, _request| {
@@ -648,7 +959,10 @@ mod tests {
             let ShardCallOutcome::Answered(answer) = run.outcome else {
                 panic!("{:?}", run.outcome);
             };
-            assert_eq!((answer.replica_index, answer.attempt), (1, 1));
+            assert_eq!(
+                (answer.replica.address.as_str(), answer.attempt),
+                ("http://127.0.0.1:2", 1)
+            );
             assert_eq!(answer.latency, ms(13));
             assert_eq!(run.dropped, vec![0], "the loser's call was dropped");
             assert_eq!(count(&run.counters.hedges), 1);
@@ -656,9 +970,14 @@ mod tests {
             assert_eq!(count(&run.counters.attempts), 2);
             // The loser was overtaken: its lower bound (13 ms) is recorded.
             assert!(
-                replicas.selector.cost(0) >= 13e6,
+                replicas.members()[0]
+                    .state()
+                    .cost(replicas.selector.options())
+                    >= 13e6,
                 "{}",
-                replicas.selector.cost(0)
+                replicas.members()[0]
+                    .state()
+                    .cost(replicas.selector.options())
             );
         }
 
@@ -670,7 +989,7 @@ mod tests {
             let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
             assert_eq!(run.calls, vec![(0, ms(0))]);
             assert!(
-                matches!(run.outcome, ShardCallOutcome::Answered(ref a) if a.replica_index == 0)
+                matches!(run.outcome, ShardCallOutcome::Answered(ref a) if a.replica.address == "http://127.0.0.1:1")
             );
             assert_eq!(count(&run.counters.hedges), 0);
             assert_eq!(budget.spent(), 0);
@@ -735,6 +1054,48 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
+        async fn a_probe_is_hedged_even_when_the_budget_is_empty() {
+            let replicas = ReplicaSet::for_tests(2);
+            let members = replicas.members();
+            // Replica 0 straggles three times: on probation.
+            for _ in 0..3 {
+                let attempt = replicas.selector.begin_attempt(&members, 0);
+                tokio::time::advance(ms(1)).await;
+                attempt.failed(AttemptFailure::Overtaken);
+            }
+            assert!(members[0].state().is_on_probation());
+            // Its probation ends: the next choice probes it.
+            tokio::time::advance(ms(1001)).await;
+            assert_eq!(replicas.selector.choose(&members, &[]), Some(0));
+            let budget = HedgeBudget::new(0.0, 0.0);
+            assert!(budget.try_spend(), "the one starting token");
+
+            // Still hung: the probe's request is hedged at the delay anyway.
+            let fakes = [Fake::AnswersAfter(ms(5000)), Fake::AnswersAfter(ms(1))];
+            let probed = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
+            assert_eq!(probed.calls, vec![(0, ms(0)), (1, ms(10))]);
+            assert!(
+                matches!(probed.outcome, ShardCallOutcome::Answered(ref a) if a.latency == ms(11)),
+                "{:?}",
+                probed.outcome
+            );
+            assert_eq!(count(&probed.counters.hedges_suppressed), 0);
+
+            // An ordinary primary still gets no hedge from an empty budget.
+            let fakes = [Fake::AnswersAfter(ms(1)), Fake::AnswersAfter(ms(50))];
+            let ordinary = ReplicaSet::for_tests(2);
+            let run = run(
+                &ordinary,
+                &[fakes[1], fakes[0]],
+                HedgePolicy::Fixed(ms(10)),
+                &budget,
+            )
+            .await;
+            assert_eq!(run.calls, vec![(0, ms(0))]);
+            assert_eq!(count(&run.counters.hedges_suppressed), 1);
+        }
+
+        #[tokio::test(start_paused = true)]
         async fn a_retryable_failure_is_retried_on_another_replica_within_budget() {
             let replicas = ReplicaSet::for_tests(2);
             let budget = HedgeBudget::new(5.0, 10.0);
@@ -744,7 +1105,7 @@ mod tests {
             assert_eq!(count(&run.counters.retries), 1);
             assert_eq!(budget.spent(), 1);
             assert!(
-                matches!(run.outcome, ShardCallOutcome::Answered(ref a) if a.replica_index == 1)
+                matches!(run.outcome, ShardCallOutcome::Answered(ref a) if a.replica.address == "http://127.0.0.1:2")
             );
         }
 

@@ -12,14 +12,21 @@
 //! ```
 //!
 //! Shard ids must be `0..S`, each exactly once, each with at least one
-//! replica. Addresses are `host:port` or `http://host:port`; they are stored
-//! in the `http://host:port` form.
+//! replica. Addresses are `host:port` or `http://host:port`, stored in the
+//! `http://host:port` form; or `dns:host:port` (also `dns:///host:port`),
+//! one entry for every address the name resolves to, re-resolved while the
+//! root runs (see [`crate::discovery`]):
+//!
+//! ```toml
+//! [[shards]]
+//! id = 0
+//! replicas = ["dns:leaf-0:7000"]
+//! ```
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use serde::Deserialize;
-use tonic::transport::Endpoint;
 
 use crate::error::RootError;
 
@@ -160,12 +167,11 @@ fn normalized_replicas(shard: &ShardReplicas) -> Result<Vec<String>, RootError> 
     let mut seen = HashSet::new();
     let mut normalized = Vec::with_capacity(shard.replicas.len());
     for address in &shard.replicas {
-        let url =
-            normalized_replica_url(address).map_err(|reason| RootError::BadReplicaAddress {
-                shard_id: shard.shard_id,
-                address: address.clone(),
-                reason,
-            })?;
+        let url = normalized_entry(address).map_err(|reason| RootError::BadReplicaAddress {
+            shard_id: shard.shard_id,
+            address: address.clone(),
+            reason,
+        })?;
         if !seen.insert(url.clone()) {
             return Err(RootError::DuplicateReplica {
                 shard_id: shard.shard_id,
@@ -177,36 +183,59 @@ fn normalized_replicas(shard: &ShardReplicas) -> Result<Vec<String>, RootError> 
     Ok(normalized)
 }
 
-/// `host:port` or `http://host:port` as `http://host:port`.
-pub(crate) fn normalized_replica_url(address: &str) -> Result<String, String> {
-    let address = address.trim();
-    if address.is_empty() {
-        return Err("the address is empty".to_owned());
+/// A topology entry in its stored form: `http://host:port`, or
+/// `dns:host:port` for a DNS name.
+fn normalized_entry(address: &str) -> Result<String, String> {
+    match address.trim().strip_prefix("dns:") {
+        Some(rest) => {
+            let (host, port) = dns_host_port(rest)?;
+            Ok(format!("dns:{host}:{port}"))
+        }
+        None => normalized_replica_url(address),
     }
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|_| "expected host:port or http://host:port".to_owned())?;
-    let uri = endpoint.uri();
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https is not supported; use http://host:port".to_owned()),
-        _ => return Err("expected host:port or http://host:port".to_owned()),
-    }
-    let Some(host) = uri.host().filter(|host| !host.is_empty()) else {
-        return Err("the address has no host".to_owned());
-    };
-    let Some(port) = uri.port_u16() else {
-        return Err("the address has no port".to_owned());
-    };
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err("the address must not have a path".to_owned());
-    }
-    Ok(format!("http://{host}:{port}"))
 }
+
+/// The host and port of a `dns:` entry (what follows `dns:`): `host:port`
+/// or `///host:port`; a DNS server of its own (`//server/host:port`) is
+/// not supported.
+pub(crate) fn dns_host_port(rest: &str) -> Result<(String, u16), String> {
+    let name = match rest.strip_prefix("//") {
+        Some(with_authority) => match with_authority.strip_prefix('/') {
+            Some(name) => name,
+            None => {
+                return Err(
+                    "a DNS server of its own (dns://server/name:port) is not supported; use dns:name:port"
+                        .to_owned(),
+                );
+            }
+        },
+        None => rest,
+    };
+    let Some((host, port)) = name.rsplit_once(':') else {
+        return Err("expected dns:host:port".to_owned());
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|port| *port > 0)
+        .ok_or_else(|| format!("{port:?} is not a port"))?;
+    let host = host.trim_end_matches('.');
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !valid {
+        return Err(format!("{host:?} is not a DNS name"));
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+pub(crate) use fanout_runtime::client::grpc_url as normalized_replica_url;
 
 #[cfg(test)]
 mod tests {
@@ -362,5 +391,36 @@ mod tests {
             error.to_string().contains("cannot read topology file"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn dns_entries_are_normalized_and_bad_ones_refused() {
+        let topology = Topology::from_shard_flags(&[
+            "0=dns:Leaf-0:7000".to_owned(),
+            "1=dns:///leaf-1.fanout.svc.cluster.local.:7000,127.0.0.1:7001".to_owned(),
+        ])
+        .unwrap();
+        assert_eq!(topology.shards[0].replicas, vec!["dns:leaf-0:7000"]);
+        assert_eq!(
+            topology.shards[1].replicas,
+            vec![
+                "dns:leaf-1.fanout.svc.cluster.local:7000",
+                "http://127.0.0.1:7001"
+            ]
+        );
+        for (flag, reason) in [
+            ("0=dns:leaf-0", "host:port"),
+            ("0=dns:leaf-0:0", "port"),
+            ("0=dns:leaf-0:http", "port"),
+            ("0=dns::7000", "DNS name"),
+            ("0=dns:le af:7000", "DNS name"),
+            ("0=dns://8.8.8.8/leaf:7000", "not supported"),
+        ] {
+            let error = Topology::from_shard_flags(&[flag.to_owned()]).unwrap_err();
+            assert!(error.to_string().contains(reason), "{flag}: {error}");
+        }
+        let error =
+            Topology::from_shard_flags(&["0=dns:leaf:1,dns:LEAF:1".to_owned()]).unwrap_err();
+        assert!(error.to_string().contains("twice"), "{error}");
     }
 }

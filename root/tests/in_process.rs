@@ -89,6 +89,8 @@ impl Leaf for TestLeaf {
                 service_micros: 7,
                 ..LeafTimings::default()
             }),
+            docs_searched: self.documents.len() as u64,
+            generation: "g1".to_owned(),
         }))
     }
 
@@ -643,6 +645,7 @@ async fn a_remote_merger_with_enough_cancels_the_stragglers() {
         fanout_merger::serve(
             listener,
             Arc::new(FirstAnswerWins),
+            fanout_merger::MergerLimits::default(),
             DrainOptions::default(),
             async {
                 let _ = merger_stopped.await;
@@ -661,7 +664,7 @@ async fn a_remote_merger_with_enough_cancels_the_stragglers() {
     .await;
     let root = start_root_configured(
         vec![vec![fast.address.clone()], vec![sleepy.address.clone()]],
-        |config| config.merger = Some(merger_address),
+        |config| config.mergers = vec![merger_address],
     )
     .await;
     let mut client = RootClient::connect(root.address.clone()).await.unwrap();

@@ -5,11 +5,19 @@
 //! floor (at least one token). When it is empty the extra call is not made
 //! and counted as suppressed, so a latency regression adds at most
 //! `percent` of the load plus the floor, never doubles it.
+//!
+//! Failing over comes before speculating: a hedge may spend only while the
+//! bucket holds more than [`RETRY_RESERVE`] of its capacity beyond the
+//! token, so that when a replica dies the retries of the calls it took with
+//! it still find tokens, however busy hedging has been.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
+
+/// The share of the bucket hedges leave to retries.
+pub const RETRY_RESERVE: f64 = 0.2;
 
 #[derive(Debug)]
 pub struct HedgeBudget {
@@ -52,11 +60,21 @@ impl HedgeBudget {
         });
     }
 
-    /// Takes a token for a hedge or retry; false (and counted as
-    /// suppressed) when the bucket is empty.
+    /// Takes a token for a retry; false (and counted as suppressed) when
+    /// the bucket is empty.
     pub fn try_spend(&self) -> bool {
+        self.spend_above(0.0)
+    }
+
+    /// Takes a token for a hedge; false (and counted as suppressed) unless
+    /// the retries' reserve is left after it.
+    pub fn try_spend_on_hedge(&self) -> bool {
+        self.spend_above(self.capacity * RETRY_RESERVE)
+    }
+
+    fn spend_above(&self, reserve: f64) -> bool {
         let spent = self.with_bucket(|bucket, _| {
-            if bucket.tokens >= 1.0 {
+            if bucket.tokens >= 1.0 + reserve {
                 bucket.tokens -= 1.0;
                 true
             } else {
@@ -114,6 +132,19 @@ mod tests {
         assert!(!budget.try_spend());
         assert!(!budget.try_spend());
         assert_eq!((budget.spent(), budget.suppressed()), (10, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedges_leave_a_reserve_for_retries() {
+        let budget = HedgeBudget::new(0.0, 10.0);
+        let mut hedges = 0;
+        while budget.try_spend_on_hedge() {
+            hedges += 1;
+        }
+        assert_eq!(hedges, 8, "2 of 10 tokens are kept for retries");
+        assert!(budget.try_spend());
+        assert!(budget.try_spend());
+        assert!(!budget.try_spend());
     }
 
     #[tokio::test(start_paused = true)]

@@ -65,6 +65,7 @@ pub struct RotatingLatencyHistogram {
 
 impl RotatingLatencyHistogram {
     /// A histogram with the [`LatencyEstimate::Censored`] estimate.
+    #[cfg(test)]
     pub fn new(period: Duration) -> Self {
         Self::with_estimate(period, LatencyEstimate::Censored)
     }
@@ -126,6 +127,7 @@ impl RotatingLatencyHistogram {
         self.combined.len() + self.combined_censored.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

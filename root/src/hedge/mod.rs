@@ -11,8 +11,8 @@
 //! - [`budget`]: [`HedgeBudget`], the token bucket hedges and retries share.
 //! - [`timer`]: [`HedgeTimer`], which fires sub-millisecond delays on time.
 //!
-//! - [`tower_baseline`]: tower's own `hedge` middleware (`--hedge tower`),
-//!   kept only as a baseline for benchmarks.
+//! tower's own `hedge` middleware (`--hedge tower`), a baseline for
+//! benchmarks, lives apart, in the `baselines` module.
 //!
 //! The hedged call itself is `shard_call::call_shard`: up to R-1 hedges,
 //! each to the best replica not yet tried, first success wins, the others
@@ -22,7 +22,6 @@
 pub mod budget;
 pub mod latency;
 pub mod timer;
-pub mod tower_baseline;
 
 use std::time::Duration;
 
@@ -39,31 +38,19 @@ pub enum HedgePolicy {
     Fixed(Duration),
     /// After the shard's recent latency percentile, clamped.
     Adaptive,
-    /// tower's `hedge` middleware, as a benchmark baseline (see
-    /// [`tower_baseline`]); a root default only, requests cannot ask for it.
-    Tower,
 }
 
 impl std::str::FromStr for HedgePolicy {
     type Err = String;
 
-    /// `off`, `adaptive`, `tower` or `fixed:<ms>` (fractions allowed:
-    /// `fixed:0.25`).
+    /// `off`, `adaptive` or `fixed:<ms>` (fractions allowed: `fixed:0.25`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "off" => Ok(HedgePolicy::Off),
             "adaptive" => Ok(HedgePolicy::Adaptive),
-            "tower" => Ok(HedgePolicy::Tower),
-            _ => {
-                let millis = text
-                    .strip_prefix("fixed:")
-                    .and_then(|millis| millis.parse::<f64>().ok())
-                    .filter(|millis| *millis > 0.0 && millis.is_finite())
-                    .ok_or_else(|| {
-                        format!("expected off, adaptive, tower or fixed:<ms>, got {text:?}")
-                    })?;
-                Ok(HedgePolicy::Fixed(Duration::from_secs_f64(millis / 1e3)))
-            }
+            _ => fanout_proto::hedge::parse_fixed_millis(text)
+                .map(HedgePolicy::Fixed)
+                .map_err(|_| format!("expected off, adaptive or fixed:<ms>, got {text:?}")),
         }
     }
 }
@@ -132,14 +119,13 @@ impl HedgeSettings {
 
     /// The delay before a hedge under `policy`, given the shard's latency
     /// percentile (`None` while it has too few samples); `None` = no hedge.
-    /// [`HedgePolicy::Tower`] hedges inside tower's middleware, never here.
     pub fn hedge_delay(
         &self,
         policy: HedgePolicy,
         shard_percentile: impl FnOnce(f64) -> Option<Duration>,
     ) -> Option<Duration> {
         match policy {
-            HedgePolicy::Off | HedgePolicy::Tower => None,
+            HedgePolicy::Off => None,
             HedgePolicy::Fixed(delay) => Some(delay),
             HedgePolicy::Adaptive => Some(
                 shard_percentile(self.percentile)
@@ -190,7 +176,10 @@ mod tests {
     fn parses_policies() {
         assert_eq!("off".parse::<HedgePolicy>(), Ok(HedgePolicy::Off));
         assert_eq!("adaptive".parse::<HedgePolicy>(), Ok(HedgePolicy::Adaptive));
-        assert_eq!("tower".parse::<HedgePolicy>(), Ok(HedgePolicy::Tower));
+        assert!(
+            "tower".parse::<HedgePolicy>().is_err(),
+            "a root flag, not a policy"
+        );
         assert_eq!(
             "fixed:0.25".parse::<HedgePolicy>(),
             Ok(HedgePolicy::Fixed(Duration::from_micros(250)))
