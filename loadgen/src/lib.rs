@@ -1,5 +1,6 @@
-//! fanout's open-loop load generator (`fanout loadgen`), usable as a library by
-//! the benchmark scenarios.
+//! fanout's open-loop load generator, a library: `fanout loadgen` (the
+//! binary's `cmd::loadgen`) is its command line, and the benchmark
+//! scenarios use it too.
 //!
 //! Requests leave at the instants an arrival schedule dictates, whatever the
 //! server does, and each latency is measured from the request's *intended*
@@ -22,10 +23,12 @@
 //! - [`ideal`]: the ideal hedged latency, resampled from a hedging-off run.
 //! - [`scenario`]: `fanout loadgen scenario`: clusters started from a TOML
 //!   file, variants run interleaved, a comparison table and plots.
-//! - [`cli`]: [`LoadgenArgs`] and [`run`], the `fanout loadgen run | plot | scenario` front end.
+//! - [`commands`]: the work of `fanout loadgen run | plot | scenario` once the
+//!   command line has checked its flags: [`RunPlan`] and [`run_and_report`],
+//!   [`PlotPlan`] and [`plot_reports`], [`ScenarioPlan`] and [`run_scenario_and_report`].
 //! - [`error`]: [`LoadgenError`], the crate's one error type.
 
-pub mod cli;
+pub mod commands;
 pub mod error;
 pub mod ideal;
 pub mod interval_log;
@@ -38,7 +41,9 @@ pub mod schedule;
 pub mod seeded_random;
 pub mod target;
 
-pub use cli::{LoadgenArgs, LoadgenCommand, PlotArgs, RunArgs, run};
+pub use commands::{
+    PlotPlan, RunPlan, ScenarioPlan, plot_reports, run_and_report, run_scenario_and_report,
+};
 pub use error::LoadgenError;
 pub use queries::{QueryFormat, QueryOrder, QuerySet};
 pub use report::RunReport;
@@ -46,4 +51,4 @@ pub use runner::{
     QuerySample, RunOptions, RunOutcome, StopCondition, run_load, run_load_detailed, run_load_until,
 };
 pub use schedule::{ArrivalProcess, Schedule};
-pub use target::{HedgeRequest, LoadTarget, RequestTemplate, TargetKind, TargetSpec};
+pub use target::{HedgeRequest, LoadTarget, RequestTemplate, TargetKind, TargetSpec, TargetTls};

@@ -113,6 +113,20 @@ impl PlotCurve {
     }
 }
 
+/// Plots are PNG files: `path` must end in `.png` (any case).
+pub fn check_png_path(path: &Path) -> Result<(), LoadgenError> {
+    let is_png = path
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("png"));
+    if is_png {
+        return Ok(());
+    }
+    Err(LoadgenError::InvalidOption(format!(
+        "plots are png files, {} does not end in .png",
+        path.display()
+    )))
+}
+
 /// Draws the latency-by-percentile curves of `reports` into the PNG `out`.
 pub fn plot_percentiles(
     reports: &[RunReport],

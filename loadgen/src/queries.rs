@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::LoadgenError;
 use crate::seeded_random::SeededRandom;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueryFormat {
     /// Decided by the first non-blank line: JSON with `_id` is BEIR, JSON with
@@ -40,7 +40,7 @@ impl QueryFormat {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueryOrder {
     /// As in the source.

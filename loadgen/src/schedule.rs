@@ -13,7 +13,7 @@ use crate::seeded_random::SeededRandom;
 pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
 
 /// How requests arrive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ArrivalProcess {
     /// Evenly spaced, exactly `rate` a second (wrk2's constant throughput).
@@ -31,12 +31,23 @@ impl ArrivalProcess {
     }
 }
 
-/// A rate, an arrival process and the seed that makes it reproducible.
+/// A rate, an arrival process and the seed that makes it reproducible;
+/// optionally in phases, each at its own rate for its own time (an overload
+/// and the recovery after it, say).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     rate_per_second: f64,
     arrivals: ArrivalProcess,
     seed: u64,
+    /// Empty: `rate_per_second` for ever.
+    phases: Vec<RatePhase>,
+}
+
+/// A stretch of a schedule at one rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatePhase {
+    pub rate_per_second: f64,
+    pub duration: Duration,
 }
 
 impl Schedule {
@@ -57,11 +68,44 @@ impl Schedule {
             rate_per_second,
             arrivals,
             seed,
+            phases: Vec::new(),
         })
     }
 
+    /// Each phase in turn; the last one goes on for ever once its time is up.
+    pub fn phased(
+        phases: Vec<RatePhase>,
+        arrivals: ArrivalProcess,
+        seed: u64,
+    ) -> Result<Schedule, LoadgenError> {
+        let Some(first) = phases.first() else {
+            return Err(LoadgenError::InvalidOption(
+                "a phased schedule needs at least one phase".to_string(),
+            ));
+        };
+        for phase in &phases {
+            Schedule::new(phase.rate_per_second, arrivals, seed)?;
+            if phase.duration.is_zero() {
+                return Err(LoadgenError::InvalidOption(
+                    "a phase must last more than zero".to_string(),
+                ));
+            }
+        }
+        Ok(Schedule {
+            rate_per_second: first.rate_per_second,
+            arrivals,
+            seed,
+            phases,
+        })
+    }
+
+    /// The rate (of the first phase, for a phased schedule).
     pub fn rate_per_second(&self) -> f64 {
         self.rate_per_second
+    }
+
+    pub fn phases(&self) -> &[RatePhase] {
+        &self.phases
     }
 
     pub fn arrivals(&self) -> ArrivalProcess {
@@ -80,6 +124,9 @@ impl Schedule {
             next_index: 0,
             poisson_elapsed_seconds: 0.0,
             random: SeededRandom::new(self.seed),
+            phases: self.phases.clone(),
+            phase: 0,
+            phase_start_seconds: 0.0,
         }
     }
 }
@@ -89,27 +136,63 @@ impl Schedule {
 pub struct ArrivalOffsets {
     rate_per_second: f64,
     arrivals: ArrivalProcess,
+    /// Within the current phase.
     next_index: u64,
     poisson_elapsed_seconds: f64,
     random: SeededRandom,
+    phases: Vec<RatePhase>,
+    phase: usize,
+    phase_start_seconds: f64,
+}
+
+impl ArrivalOffsets {
+    /// The offset the next arrival would have in the current phase.
+    fn candidate(&mut self) -> f64 {
+        match self.arrivals {
+            // Computed from the index, not accumulated, so rounding never drifts.
+            ArrivalProcess::Constant => {
+                self.phase_start_seconds + self.next_index as f64 / self.rate_per_second
+            }
+            ArrivalProcess::Poisson => self.poisson_elapsed_seconds,
+        }
+    }
+
+    /// Moves to the next phase if the candidate is past the current one's end.
+    fn enter_next_phase_if_due(&mut self, candidate: f64) -> bool {
+        let Some(phase) = self.phases.get(self.phase) else {
+            return false;
+        };
+        let end = self.phase_start_seconds + phase.duration.as_secs_f64();
+        let Some(next) = self.phases.get(self.phase + 1) else {
+            return false;
+        };
+        if candidate < end {
+            return false;
+        }
+        self.phase += 1;
+        self.phase_start_seconds = end;
+        self.rate_per_second = next.rate_per_second;
+        self.next_index = 0;
+        // Memoryless: the new phase's first gap starts at its beginning.
+        let uniform = self.random.next_unit_f64();
+        self.poisson_elapsed_seconds = end + -(1.0 - uniform).ln() / self.rate_per_second;
+        true
+    }
 }
 
 impl Iterator for ArrivalOffsets {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let offset_seconds = match self.arrivals {
-            // Computed from the index, not accumulated, so rounding never drifts.
-            ArrivalProcess::Constant => self.next_index as f64 / self.rate_per_second,
-            ArrivalProcess::Poisson => {
-                // Inverse transform: 1 - u is in (0, 1], so the logarithm is finite.
-                let uniform = self.random.next_unit_f64();
-                let gap_seconds = -(1.0 - uniform).ln() / self.rate_per_second;
-                let offset = self.poisson_elapsed_seconds;
-                self.poisson_elapsed_seconds += gap_seconds;
-                offset
-            }
-        };
+        let mut offset_seconds = self.candidate();
+        while self.enter_next_phase_if_due(offset_seconds) {
+            offset_seconds = self.candidate();
+        }
+        if self.arrivals == ArrivalProcess::Poisson {
+            // Inverse transform: 1 - u is in (0, 1], so the logarithm is finite.
+            let uniform = self.random.next_unit_f64();
+            self.poisson_elapsed_seconds += -(1.0 - uniform).ln() / self.rate_per_second;
+        }
         self.next_index += 1;
         Some(Duration::from_secs_f64(offset_seconds))
     }
@@ -181,6 +264,47 @@ mod tests {
         assert_eq!(first, again);
         assert_ne!(first, other_seed);
         assert!(first.windows(2).all(|pair| pair[0] <= pair[1]));
+    }
+
+    #[test]
+    fn phases_follow_each_other_at_their_own_rates() {
+        for arrivals in [ArrivalProcess::Constant, ArrivalProcess::Poisson] {
+            let phases = vec![
+                RatePhase {
+                    rate_per_second: 100.0,
+                    duration: Duration::from_secs(10),
+                },
+                RatePhase {
+                    rate_per_second: 1000.0,
+                    duration: Duration::from_secs(10),
+                },
+                RatePhase {
+                    rate_per_second: 50.0,
+                    duration: Duration::from_secs(10),
+                },
+            ];
+            let schedule = Schedule::phased(phases, arrivals, 3).unwrap();
+            let offsets: Vec<f64> = schedule
+                .offsets()
+                .take_while(|offset| offset.as_secs_f64() < 30.0)
+                .map(|offset| offset.as_secs_f64())
+                .collect();
+            let count = |from: f64, to: f64| {
+                offsets
+                    .iter()
+                    .filter(|offset| (from..to).contains(*offset))
+                    .count() as f64
+            };
+            for (from, expected) in [(0.0, 1000.0), (10.0, 10_000.0), (20.0, 500.0)] {
+                let seen = count(from, from + 10.0);
+                assert!(
+                    (seen - expected).abs() <= expected * 0.1,
+                    "{arrivals:?} from {from} s: {seen} arrivals, expected about {expected}"
+                );
+            }
+            assert!(offsets.windows(2).all(|pair| pair[0] <= pair[1]));
+        }
+        assert!(Schedule::phased(Vec::new(), ArrivalProcess::Constant, 1).is_err());
     }
 
     #[test]

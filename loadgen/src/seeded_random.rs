@@ -1,6 +1,9 @@
-//! A small seeded PRNG (xoshiro256**, seeded through SplitMix64) so schedules
-//! and query orders are reproducible from `--seed` without a dependency.
-//! Not for anything that needs unpredictability.
+//! A small seeded PRNG (xoshiro256**, seeded through SplitMix64 from
+//! [`fanout_runtime::hashing`]) so schedules and query orders are
+//! reproducible from `--seed` without a third-party crate. Not for anything that
+//! needs unpredictability.
+
+use fanout_runtime::hashing::SplitMix64;
 
 /// xoshiro256** (Blackman and Vigna), state expanded from a 64-bit seed with SplitMix64.
 #[derive(Debug, Clone)]
@@ -10,20 +13,13 @@ pub struct SeededRandom {
 
 impl SeededRandom {
     pub fn new(seed: u64) -> SeededRandom {
-        let mut splitmix_state = seed;
-        let mut next_splitmix = || {
-            splitmix_state = splitmix_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = splitmix_state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut splitmix = SplitMix64::new(seed);
         SeededRandom {
             state: [
-                next_splitmix(),
-                next_splitmix(),
-                next_splitmix(),
-                next_splitmix(),
+                splitmix.next_u64(),
+                splitmix.next_u64(),
+                splitmix.next_u64(),
+                splitmix.next_u64(),
             ],
         }
     }

@@ -7,6 +7,7 @@
 //!   payload (an encoded `google.protobuf.Any` read from a file) or, without
 //!   one, each query packed as a `ShardSearchRequest`.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,8 +18,9 @@ use fanout_proto::search::v1::{QueryMode, SearchRequest, ShardSearchRequest};
 use fanout_proto::v1::leaf_client::LeafClient;
 use fanout_proto::v1::root_client::RootClient;
 use fanout_proto::v1::{Coverage, ExecuteRequest, HedgePolicy, QueryRequest, ShardTiming};
+use prost::Message;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::LoadgenError;
@@ -26,7 +28,7 @@ use crate::error::LoadgenError;
 /// How long connecting one connection may take before the run gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetKind {
     /// The root's `fanout.search.v1.Search/Search`.
@@ -108,10 +110,10 @@ impl std::str::FromStr for HedgeRequest {
             "off" => Ok(policy(HedgePolicy::Off)),
             "adaptive" => Ok(policy(HedgePolicy::Adaptive)),
             _ => {
-                let micros = text
-                    .strip_prefix("fixed:")
-                    .and_then(|millis| millis.parse::<f64>().ok())
-                    .map(|millis| (millis * 1e3).round())
+                // The delay travels as whole microseconds in a u32.
+                let micros = fanout_proto::hedge::parse_fixed_millis(text)
+                    .ok()
+                    .map(|delay| (delay.as_secs_f64() * 1e6).round())
                     .filter(|micros| *micros >= 1.0 && *micros <= f64::from(u32::MAX))
                     .ok_or_else(|| {
                         format!("expected default, off, adaptive or fixed:<ms>, got {text:?}")
@@ -149,6 +151,16 @@ pub struct TargetSpec {
     /// HTTP/2 connections opened and used round-robin (at least 1).
     pub connections: usize,
     pub request: RequestTemplate,
+    /// Over TLS; `None`: plaintext.
+    pub tls: Option<TargetTls>,
+}
+
+/// The TLS of a load: the CA to trust and, for a server that asks for a
+/// client certificate (a leaf under mutual TLS), the certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetTls {
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Connected target; cheap to clone (the connections are shared).
@@ -240,6 +252,24 @@ impl CallOutcome {
     }
 }
 
+/// The payload of `--target query --payload-file`: a file holding one
+/// encoded `google.protobuf.Any` with a type URL.
+pub fn read_payload_file(path: &Path) -> Result<Any, LoadgenError> {
+    let payload_error = |reason: String| LoadgenError::PayloadFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|error| payload_error(error.to_string()))?;
+    let payload = Any::decode(bytes.as_slice())
+        .map_err(|error| payload_error(format!("not an encoded google.protobuf.Any: {error}")))?;
+    if payload.type_url.is_empty() {
+        return Err(payload_error(
+            "the google.protobuf.Any has no type url".to_string(),
+        ));
+    }
+    Ok(payload)
+}
+
 /// `host:port` becomes `http://host:port`; URLs are checked.
 pub fn normalize_address(addr: &str) -> Result<String, LoadgenError> {
     let trimmed = addr.trim();
@@ -265,7 +295,9 @@ pub fn normalize_address(addr: &str) -> Result<String, LoadgenError> {
 
 impl LoadTarget {
     /// Opens `spec.connections` connections (each its own HTTP/2 connection) and
-    /// fails if any cannot be opened within a few seconds.
+    /// fails if any cannot be opened within a few seconds. Host names are
+    /// resolved as every fanout client resolves them
+    /// ([`fanout_runtime::client::connect`]).
     pub async fn connect(spec: TargetSpec) -> Result<LoadTarget, LoadgenError> {
         if spec.connections == 0 {
             return Err(LoadgenError::InvalidOption(
@@ -273,17 +305,29 @@ impl LoadTarget {
             ));
         }
         let addr = normalize_address(&spec.addr)?;
-        let endpoint = Endpoint::from_shared(addr.clone())
-            .map_err(|error| LoadgenError::InvalidAddress {
-                addr: addr.clone(),
-                reason: error_chain(&error),
-            })?
+        let invalid = |reason: String| LoadgenError::InvalidAddress {
+            addr: addr.clone(),
+            reason,
+        };
+        let tls = match &spec.tls {
+            None => None,
+            Some(tls) => Some(
+                fanout_runtime::tls::ClientTls::load(
+                    &tls.ca,
+                    tls.identity
+                        .as_ref()
+                        .map(|(cert, key)| (cert.as_path(), key.as_path())),
+                )
+                .map_err(|error| invalid(error.to_string()))?,
+            ),
+        };
+        let endpoint = fanout_runtime::client::endpoint(&addr, tls.as_ref(), None)
+            .map_err(invalid)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let mut channels = Vec::with_capacity(spec.connections);
         for _ in 0..spec.connections {
-            let channel = endpoint
-                .connect()
+            let channel = fanout_runtime::client::connect(&endpoint)
                 .await
                 .map_err(|error| LoadgenError::Connect {
                     addr: addr.clone(),
@@ -478,6 +522,27 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_file_holds_an_encoded_any_with_a_type_url() {
+        let path =
+            std::env::temp_dir().join(format!("fanout-loadgen-any-{}.bin", std::process::id()));
+        let payload = fanout_proto::any::pack(&ShardSearchRequest {
+            query: "rust".to_string(),
+            k: 5,
+            ..Default::default()
+        });
+        std::fs::write(&path, payload.encode_to_vec()).unwrap();
+        assert_eq!(read_payload_file(&path).unwrap(), payload);
+        std::fs::write(&path, Any::default().encode_to_vec()).unwrap();
+        let error = read_payload_file(&path).unwrap_err().to_string();
+        assert!(error.contains("no type url"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            read_payload_file(&path),
+            Err(LoadgenError::PayloadFile { .. })
+        ));
+    }
+
+    #[test]
     fn addresses_get_a_scheme() {
         assert_eq!(
             normalize_address("127.0.0.1:50051").unwrap(),
@@ -534,6 +599,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let error = LoadTarget::connect(TargetSpec {
+            tls: None,
             kind: TargetKind::Search,
             addr: addr.to_string(),
             connections: 1,

@@ -1,6 +1,7 @@
 //! The runner against a real tonic `Search` server on a port-0 listener, in
 //! this process: the open-loop property, timeouts, the in-flight cap, and
-//! the report outputs (JSON, interval log, plot).
+//! the report outputs (JSON, interval log, plot), also as `fanout loadgen
+//! run` and `plot` write them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use fanout_loadgen::interval_log::read_interval_log;
 use fanout_loadgen::plot::plot_percentiles;
 use fanout_loadgen::{
-    ArrivalProcess, LoadTarget, QuerySet, RequestTemplate, RunOptions, RunReport, Schedule,
-    StopCondition, TargetKind, TargetSpec, run_load,
+    ArrivalProcess, LoadTarget, PlotPlan, QueryFormat, QueryOrder, QuerySet, RequestTemplate,
+    RunOptions, RunPlan, RunReport, Schedule, StopCondition, TargetKind, TargetSpec, run_load,
 };
 use fanout_proto::search::v1::search_server::{Search, SearchServer};
 use fanout_proto::search::v1::{SearchRequest, SearchResponse};
@@ -111,6 +112,7 @@ async fn start_server(behaviour: ServerBehaviour) -> (SocketAddr, oneshot::Sende
 
 async fn connect(addr: SocketAddr) -> LoadTarget {
     LoadTarget::connect(TargetSpec {
+        tls: None,
         kind: TargetKind::Search,
         addr: addr.to_string(),
         connections: 4,
@@ -380,17 +382,42 @@ async fn the_in_flight_cap_is_reported_not_hidden() {
     );
 }
 
-/// The `fanout loadgen run` and `plot` entry points, as the CLI calls them.
+/// A target named by host name is resolved the way every fanout client
+/// resolves names (`fanout_runtime::client::connect`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_entry_point_writes_every_output() {
-    use clap::Parser;
+async fn a_target_named_by_host_name_is_reached() {
+    let (addr, _server) = start_server(ServerBehaviour {
+        service_time: Duration::from_millis(1),
+        stalled_request: None,
+        stall: Duration::ZERO,
+        one_at_a_time: false,
+    })
+    .await;
+    let target = LoadTarget::connect(TargetSpec {
+        tls: None,
+        kind: TargetKind::Search,
+        addr: format!("localhost:{}", addr.port()),
+        connections: 2,
+        request: RequestTemplate::default(),
+    })
+    .await
+    .unwrap();
+    let schedule = Schedule::new(200.0, ArrivalProcess::Constant, 1).unwrap();
+    let options = RunOptions {
+        warmup: Duration::ZERO,
+        ..RunOptions::new(StopCondition::Requests(10))
+    };
+    let report = run_load(&target, &schedule, &queries(), &options)
+        .await
+        .unwrap();
+    assert_eq!(report.count, 10, "{}", report.render_text());
+    assert_eq!(report.ok, 10, "{}", report.render_text());
+}
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        loadgen: fanout_loadgen::LoadgenArgs,
-    }
-
+/// The work of `fanout loadgen run` and `plot`, handed the plans the
+/// command line builds from its flags (which `fanout`'s own tests check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_and_plot_commands_write_every_output() {
     let (addr, _server) = start_server(ServerBehaviour {
         service_time: Duration::from_millis(1),
         stalled_request: Some(20),
@@ -408,37 +435,28 @@ async fn the_cli_entry_point_writes_every_output() {
     let hdr_log = temp_path("cli.hlog");
     let plot = temp_path("cli.png");
     let overlay = temp_path("cli-overlay.png");
-    let text = |path: &PathBuf| path.display().to_string();
-    let run_args = Cli::try_parse_from([
-        "loadgen",
-        "run",
-        "--addr",
-        &addr.to_string(),
-        "--rate",
-        "100",
-        "--arrivals",
-        "poisson",
-        "--duration",
-        "1s",
-        "--warmup",
-        "100ms",
-        "--queries",
-        &text(&queries_path),
-        "--tag",
-        "union",
-        "--json",
-        &text(&json),
-        "--hdr-log",
-        &text(&hdr_log),
-        "--plot",
-        &text(&plot),
-        "--label",
-        "cli run",
-    ])
-    .unwrap()
-    .loadgen;
-    run_args.validate().unwrap();
-    fanout_loadgen::run(run_args).await.unwrap();
+    let run_plan = RunPlan {
+        target: TargetSpec {
+            tls: None,
+            kind: TargetKind::Search,
+            addr: addr.to_string(),
+            connections: 4,
+            request: RequestTemplate::default(),
+        },
+        schedule: Schedule::new(100.0, ArrivalProcess::Poisson, 1).unwrap(),
+        queries: QuerySet::from_file(&queries_path, QueryFormat::Auto, Some("union"))
+            .unwrap()
+            .ordered(QueryOrder::InOrder, 1),
+        options: RunOptions {
+            label: Some("cli run".to_string()),
+            warmup: Duration::from_millis(100),
+            hdr_log: Some(hdr_log.clone()),
+            ..RunOptions::new(StopCondition::Duration(Duration::from_secs(1)))
+        },
+        json: Some(json.clone()),
+        plot: Some(plot.clone()),
+    };
+    fanout_loadgen::run_and_report(&run_plan).await.unwrap();
 
     let report = RunReport::read_json(&json).unwrap();
     assert_eq!(report.label, "cli run");
@@ -447,17 +465,12 @@ async fn the_cli_entry_point_writes_every_output() {
     assert_eq!(merged_interval_log(&hdr_log).len(), report.count);
     assert!(std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"));
 
-    let plot_args = Cli::try_parse_from([
-        "loadgen",
-        "plot",
-        &text(&json),
-        &text(&json),
-        "--out",
-        &text(&overlay),
-    ])
-    .unwrap()
-    .loadgen;
-    fanout_loadgen::run(plot_args).await.unwrap();
+    let plot_plan = PlotPlan {
+        reports: vec![json.clone(), json.clone()],
+        out: overlay.clone(),
+        title: None,
+    };
+    fanout_loadgen::plot_reports(&plot_plan).unwrap();
     assert!(std::fs::read(&overlay).unwrap().starts_with(b"\x89PNG"));
     for path in [queries_path, json, hdr_log, plot, overlay] {
         std::fs::remove_file(path).unwrap();

@@ -19,7 +19,10 @@
 //!
 //! - [`spec`]: the file format.
 //! - [`table`]: merging rounds and writing the comparison.
+//! - [`overload`]: scenarios with `[overload]`: the knee, then twice it and
+//!   half it in one run per variant; goodput, status mix and recovery.
 
+pub mod overload;
 pub mod spec;
 pub mod table;
 
@@ -30,19 +33,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use fanout_cluster::certs::LocalTls;
 use fanout_cluster::signals::StopSignals;
 use fanout_cluster::{
     ChildOutput, Cluster, IndexSource, LEAF_SERVICE_NAME, Launcher, MERGER_SERVICE_NAME,
-    ReadyIndex, Role, SEARCH_SERVICE_NAME, ensure_index, root_args, start_leaves, start_merger,
-    wait_until_serving,
+    ReadyIndex, Role, SEARCH_SERVICE_NAME, ensure_index, root_args, start_leaves,
+    start_merger_with, wait_until_serving_over,
 };
 use tokio::time::Instant;
 
+use crate::error::LoadgenError;
 use crate::plot::plot_curves;
 use crate::queries::QuerySet;
 use crate::runner::{RunOptions, StopCondition, run_load_detailed};
 use crate::schedule::Schedule;
 use crate::target::{LoadTarget, RequestTemplate, TargetKind, TargetSpec};
+pub use overload::OverloadReport;
 pub use spec::{ClusterSpec, IdealSpec, LeavesSpec, LoadSpec, MergerPlacement, Scenario, Variant};
 use table::{Comparison, RunResult};
 
@@ -75,6 +81,32 @@ struct RunningCluster {
     processes: Cluster,
     /// (merger placement, root flags) -> root address.
     roots: BTreeMap<(MergerPlacement, Vec<String>), SocketAddr>,
+    /// The CA and certificate of a cluster with TLS on every hop.
+    tls: Option<ClusterTls>,
+}
+
+/// A TLS cluster's files (see [`LocalTls`]), and what its clients need.
+struct ClusterTls(LocalTls);
+
+impl ClusterTls {
+    fn make(dir: &Path) -> anyhow::Result<ClusterTls> {
+        LocalTls::make(dir, "fanout scenario").map(ClusterTls)
+    }
+
+    /// What a client presents and trusts (the certificate, for the leaves).
+    fn client(&self) -> anyhow::Result<fanout_runtime::tls::ClientTls> {
+        let LocalTls { ca, files } = &self.0;
+        fanout_runtime::tls::ClientTls::load(ca, Some((&files.cert, &files.key)))
+            .context("the cluster's CA and certificate")
+    }
+
+    fn target(&self) -> crate::target::TargetTls {
+        let LocalTls { ca, files } = &self.0;
+        crate::target::TargetTls {
+            ca: ca.clone(),
+            identity: Some((files.cert.clone(), files.key.clone())),
+        }
+    }
 }
 
 impl RunningCluster {
@@ -98,11 +130,34 @@ impl RunningCluster {
     }
 }
 
+/// What a scenario produced: a comparison of variants, or an overload report.
+#[derive(Debug, Clone)]
+pub enum ScenarioOutcome {
+    Comparison(Comparison),
+    Overload(OverloadReport),
+}
+
+impl ScenarioOutcome {
+    pub fn to_markdown(&self) -> String {
+        match self {
+            ScenarioOutcome::Comparison(comparison) => comparison.to_markdown(),
+            ScenarioOutcome::Overload(report) => report.to_markdown(),
+        }
+    }
+
+    fn to_json_pretty(&self) -> String {
+        match self {
+            ScenarioOutcome::Comparison(comparison) => comparison.to_json_pretty(),
+            ScenarioOutcome::Overload(report) => report.to_json_pretty(),
+        }
+    }
+}
+
 /// Runs `scenario` (see the module docs) and returns its comparison.
 pub async fn run_scenario(
     scenario: &Scenario,
     options: &ScenarioOptions,
-) -> anyhow::Result<Comparison> {
+) -> anyhow::Result<ScenarioOutcome> {
     let rounds = options.rounds.unwrap_or(scenario.rounds);
     let runs_dir = options.out_dir.join("runs");
     let logs_dir = options.out_dir.join("logs");
@@ -124,16 +179,30 @@ pub async fn run_scenario(
         let work = async {
             let variant_cluster =
                 start_clusters(scenario, options, &logs_dir, &mut clusters).await?;
-            run_rounds(
-                scenario,
-                options,
-                rounds,
-                &runs_dir,
-                &clusters,
-                &variant_cluster,
-                &queries,
-            )
-            .await
+            match &scenario.overload {
+                Some(spec) => overload::run_overload(
+                    scenario,
+                    spec,
+                    rounds,
+                    &runs_dir,
+                    &clusters,
+                    &variant_cluster,
+                    &queries,
+                )
+                .await
+                .map(ScenarioOutcome::Overload),
+                None => run_rounds(
+                    scenario,
+                    options,
+                    rounds,
+                    &runs_dir,
+                    &clusters,
+                    &variant_cluster,
+                    &queries,
+                )
+                .await
+                .map(ScenarioOutcome::Comparison),
+            }
         };
         tokio::select! {
             outcome = work => outcome,
@@ -151,12 +220,14 @@ pub async fn run_scenario(
     let summary_path = options.out_dir.join("summary.json");
     std::fs::write(&summary_path, comparison.to_json_pretty())
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
-    let plot_path = options.out_dir.join("percentiles.png");
-    plot_curves(
-        &comparison.curves(),
-        &plot_path,
-        Some(&format!("{}: latency by percentile", scenario.name)),
-    )?;
+    if let ScenarioOutcome::Comparison(comparison) = &comparison {
+        let plot_path = options.out_dir.join("percentiles.png");
+        plot_curves(
+            &comparison.curves(),
+            &plot_path,
+            Some(&format!("{}: latency by percentile", scenario.name)),
+        )?;
+    }
     Ok(comparison)
 }
 
@@ -192,11 +263,16 @@ async fn start_clusters(
         let group_logs = logs_dir.join(format!("cluster-{group_index}"));
         std::fs::create_dir_all(&group_logs)
             .with_context(|| format!("cannot create {}", group_logs.display()))?;
-        let launcher = Launcher {
-            executable: options.executable.clone(),
-            log_format: "text",
-            output: ChildOutput::Files { dir: group_logs },
+        let tls = if leaves.tls {
+            Some(ClusterTls::make(&group_logs.join("tls"))?)
+        } else {
+            None
         };
+        let launcher = Launcher::new(
+            options.executable.clone(),
+            "text",
+            ChildOutput::Files { dir: group_logs },
+        );
         let variants: Vec<&Variant> = members
             .iter()
             .map(|member| &scenario.variants[*member])
@@ -205,6 +281,7 @@ async fn start_clusters(
             leaves: leaves.clone(),
             processes: Cluster::default(),
             roots: BTreeMap::new(),
+            tls,
         });
         let cluster = clusters.last_mut().expect("just pushed");
         start_cluster(cluster, &launcher, &index, &variants).await?;
@@ -232,19 +309,33 @@ async fn start_cluster(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let leaves = cluster.leaves.clone();
+    let server_tls = |mutual: bool| {
+        cluster
+            .tls
+            .as_ref()
+            .map(|tls| tls.0.server_args(mutual))
+            .unwrap_or_default()
+    };
+    let leaf_tls = server_tls(true);
+    let merger_tls = server_tls(true);
+    let client_tls = cluster.tls.as_ref().map(ClusterTls::client).transpose()?;
     start_leaves(
         &mut cluster.processes,
         launcher,
         index,
         leaves.replicas,
-        |shard, replica| leaf_args(&leaves, shard, replica),
+        |shard, replica| {
+            let mut args = leaf_args(&leaves, shard, replica);
+            args.extend(leaf_tls.iter().cloned());
+            args
+        },
     )?;
     let needs_merger = variants.iter().any(|variant| {
         variant.load.target == TargetKind::Search
             && variant.cluster.merger == MergerPlacement::Process
     });
     if needs_merger {
-        start_merger(&mut cluster.processes, launcher)?;
+        start_merger_with(&mut cluster.processes, launcher, &merger_tls)?;
     }
     cluster.processes.admit_all(deadline).await?;
     for process in &cluster.processes.processes {
@@ -252,7 +343,7 @@ async fn start_cluster(
             Role::Merger => MERGER_SERVICE_NAME,
             _ => LEAF_SERVICE_NAME,
         };
-        wait_until_serving(process.addr, service, deadline)
+        wait_until_serving_over(process.addr, client_tls.as_ref(), service, deadline)
             .await
             .with_context(|| format!("{} did not become ready", process.role.label()))?;
     }
@@ -275,6 +366,9 @@ async fn start_cluster(
             }
         }
         args.extend(variant.cluster.root_args.iter().map(OsString::from));
+        if let Some(tls) = &cluster.tls {
+            args.extend(tls.0.root_args());
+        }
         let role = Role::Root { index: root_count };
         root_count += 1;
         cluster.processes.start(launcher, role, &args)?;
@@ -284,7 +378,7 @@ async fn start_cluster(
             .process(role)
             .context("the root is missing from the cluster")?
             .addr;
-        wait_until_serving(addr, SEARCH_SERVICE_NAME, deadline)
+        wait_until_serving_over(addr, client_tls.as_ref(), SEARCH_SERVICE_NAME, deadline)
             .await
             .with_context(|| {
                 format!("the root of variant {} did not become ready", variant.name)
@@ -351,7 +445,8 @@ async fn run_rounds(
                     Some(target) => target.clone(),
                     None => {
                         let cluster = &clusters[variant_cluster[variant_index]];
-                        let target = connect(variant, cluster.target_addr(variant)?).await?;
+                        let tls = cluster.tls.as_ref().map(ClusterTls::target);
+                        let target = connect(variant, cluster.target_addr(variant)?, tls).await?;
                         targets[variant_index] = Some(target.clone());
                         target
                     }
@@ -415,8 +510,13 @@ async fn run_rounds(
     Comparison::build(scenario, results)
 }
 
-async fn connect(variant: &Variant, addr: SocketAddr) -> anyhow::Result<LoadTarget> {
+async fn connect(
+    variant: &Variant,
+    addr: SocketAddr,
+    tls: Option<crate::target::TargetTls>,
+) -> anyhow::Result<LoadTarget> {
     let spec = TargetSpec {
+        tls,
         kind: variant.load.target,
         addr: addr.to_string(),
         connections: variant.load.connections,
@@ -429,6 +529,17 @@ async fn connect(variant: &Variant, addr: SocketAddr) -> anyhow::Result<LoadTarg
     LoadTarget::connect(spec)
         .await
         .with_context(|| format!("cannot connect to variant {}'s target", variant.name))
+}
+
+/// Reads and checks a scenario file and the files it names, without
+/// starting anything.
+pub fn load_checked(path: &Path) -> Result<Scenario, LoadgenError> {
+    let scenario = Scenario::load(path)?;
+    check_files(&scenario).map_err(|error| LoadgenError::Scenario {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })?;
+    Ok(scenario)
 }
 
 /// Checks that every variant's corpus and queries are readable files,
@@ -488,8 +599,11 @@ mod tests {
                 "hedging-inherent",
                 "hedging-pareto",
                 "hedging-stragglers",
+                "hedging-stragglers-4x3",
                 "overhead",
-                "throughput"
+                "overload",
+                "throughput",
+                "tls-overhead"
             ]
         );
     }
@@ -505,6 +619,7 @@ mod tests {
             id_field: "id".into(),
             title_field: "title".into(),
             text_field: "text".into(),
+            tls: false,
         };
         let args = leaf_args(&leaves, 2, 1);
         assert_eq!(

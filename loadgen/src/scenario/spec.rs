@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fanout_runtime::duration::parse_duration;
 use serde::Deserialize;
 
-use crate::cli::parse_duration;
 use crate::error::LoadgenError;
 use crate::queries::{QueryFormat, QueryOrder};
 use crate::schedule::ArrivalProcess;
@@ -36,6 +36,29 @@ struct ScenarioFile {
     variants: Vec<VariantFile>,
     #[serde(default)]
     compare: CompareKeys,
+    overload: Option<OverloadKeys>,
+}
+
+/// `[overload]`: the scenario finds the knee with its `load.rate` sweep (on
+/// the baseline variant), then runs every variant through the knee rate,
+/// twice it and half it, in one run each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverloadKeys {
+    /// The knee is the highest rate of the sweep whose p99 stays under this.
+    knee_p99: String,
+    /// And whose errors stay under this share (default 0.01).
+    knee_max_errors: Option<f64>,
+    /// How long each of the three phases lasts.
+    phase: String,
+}
+
+/// How an overload scenario runs; see [`crate::scenario::overload`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverloadSpec {
+    pub knee_p99: Duration,
+    pub knee_max_errors: f64,
+    pub phase: Duration,
 }
 
 fn default_rounds() -> u32 {
@@ -60,6 +83,9 @@ struct ClusterKeys {
     id_field: Option<String>,
     title_field: Option<String>,
     text_field: Option<String>,
+    /// TLS on every hop (a CA made for the run; mutual TLS between the
+    /// root and its leaves and merger; the load over TLS).
+    tls: Option<bool>,
 }
 
 /// `[load]`, and the load keys of a `[[variant]]`.
@@ -118,6 +144,7 @@ const CLUSTER_KEYS: &[&str] = &[
     "id_field",
     "title_field",
     "text_field",
+    "tls",
 ];
 
 struct VariantKeys {
@@ -177,6 +204,8 @@ pub struct Scenario {
     pub baseline: String,
     pub p99_target: Option<Duration>,
     pub ideals: Vec<IdealSpec>,
+    /// Set: an overload scenario (the rates of `load.rate` find the knee).
+    pub overload: Option<OverloadSpec>,
 }
 
 /// One thing measured: a cluster and a load.
@@ -206,6 +235,8 @@ pub struct LeavesSpec {
     pub id_field: String,
     pub title_field: String,
     pub text_field: String,
+    /// TLS on every hop.
+    pub tls: bool,
 }
 
 /// A variant's whole cluster: its leaves, its merger, its root's flags.
@@ -305,8 +336,40 @@ impl Scenario {
                 parse_duration(text).map_err(|error| format!("compare.p99_target: {error}"))
             })
             .transpose()?;
+        let overload = match &file.overload {
+            None => None,
+            Some(keys) => {
+                let knee_p99 = parse_duration(&keys.knee_p99)
+                    .map_err(|error| format!("overload.knee_p99: {error}"))?;
+                let phase = parse_duration(&keys.phase)
+                    .map_err(|error| format!("overload.phase: {error}"))?;
+                let knee_max_errors = keys.knee_max_errors.unwrap_or(0.01);
+                if !(0.0..1.0).contains(&knee_max_errors) {
+                    return Err(format!(
+                        "overload.knee_max_errors must be in [0, 1), not {knee_max_errors}"
+                    ));
+                }
+                if phase.is_zero() {
+                    return Err("overload.phase must be above zero".to_string());
+                }
+                if let Some(variant) = variants
+                    .iter()
+                    .find(|variant| variant.load.target != TargetKind::Search)
+                {
+                    return Err(format!(
+                        "an overload scenario loads the root: variant {:?} targets a leaf",
+                        variant.name
+                    ));
+                }
+                Some(OverloadSpec {
+                    knee_p99,
+                    knee_max_errors,
+                    phase,
+                })
+            }
+        };
         let has_sweep = variants.iter().any(|variant| variant.load.rates.len() > 1);
-        if has_sweep && p99_target.is_none() {
+        if has_sweep && p99_target.is_none() && overload.is_none() {
             return Err("a rate sweep needs compare.p99_target".to_string());
         }
         let mut ideals = Vec::new();
@@ -335,6 +398,7 @@ impl Scenario {
             baseline,
             p99_target,
             ideals,
+            overload,
         })
     }
 
@@ -407,6 +471,7 @@ fn complete_variant(
             .unwrap_or_else(|| "title".to_string()),
         text_field: pick(&own.text_field, &cluster.text_field)
             .unwrap_or_else(|| "text".to_string()),
+        tls: own.tls.or(cluster.tls).unwrap_or(false),
     };
     let cluster_spec = ClusterSpec {
         leaves,
@@ -612,6 +677,13 @@ mod tests {
                 "{minimal}[[variant]]\nname = \"a\"\nhedge = \"sometimes\"\n"
             ))
             .contains("hedge")
+        );
+        let bare = error(&format!(
+            "{minimal}[[variant]]\nname = \"a\"\nduration = \"30\"\n"
+        ));
+        assert!(
+            bare.contains("duration") && bare.contains("no unit"),
+            "{bare}"
         );
     }
 }
