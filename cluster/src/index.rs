@@ -12,6 +12,7 @@ use fanout_leaf::{
     BadLinePolicy, IndexBuildOptions, IndexBuildReport, IndexManifest, build_index,
     read_index_manifest,
 };
+use fanout_runtime::hashing::Fnv1a64;
 
 /// Memory of the index writers during a first-run build.
 const WRITER_MEMORY_BYTES: usize = 256 << 20;
@@ -36,6 +37,18 @@ pub struct ReadyIndex {
 }
 
 impl ReadyIndex {
+    /// An index already built in `dir` (by `fanout index`, say), described
+    /// by its `index.json`.
+    pub fn open(dir: &Path) -> anyhow::Result<ReadyIndex> {
+        let manifest = read_index_manifest(dir)
+            .with_context(|| format!("cannot read the index in {}", dir.display()))?;
+        Ok(ReadyIndex {
+            dir: dir.to_owned(),
+            manifest,
+            built_now: None,
+        })
+    }
+
     /// The folder of one shard.
     pub fn shard_dir(&self, shard_id: u32) -> Option<PathBuf> {
         self.manifest
@@ -46,19 +59,16 @@ impl ReadyIndex {
     }
 }
 
-/// Stable across runs and toolchains (FNV-1a, 64 bits), unlike `DefaultHasher`.
+/// Stable across runs and toolchains (FNV-1a, 64 bits, from
+/// [`fanout_runtime::hashing`]), unlike `DefaultHasher`.
 fn fnv1a_64(chunks: &[&[u8]]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET_BASIS;
+    let mut hasher = Fnv1a64::default();
     for chunk in chunks {
+        hasher.update(chunk);
         // A separator so that ("ab", "c") and ("a", "bc") differ.
-        for byte in chunk.iter().chain(&[0xff]) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(PRIME);
-        }
+        hasher.update(&[0xff]);
     }
-    hash
+    hasher.finish()
 }
 
 /// The fingerprint of `source` as the corpus file is now.

@@ -7,18 +7,26 @@
 //!   announced addresses, forwarding or filing their output, stopping them.
 //! - [`local`]: the usual shape: S x R leaves and a merger first, then roots
 //!   pointed at them, each waited for until `grpc.health.v1` says SERVING.
+//! - [`health`]: `grpc.health.v1` from the outside: one check, a wait for a
+//!   status, the wait for SERVING after a start.
 //! - [`signals`]: the stop signals the parent must hear to stop its children.
+//! - [`supervise`]: the delays before a child that died is started again.
 //! - [`workspace`]: the workspace's bundled data and index cache.
 
+pub mod certs;
+pub mod health;
 pub mod index;
 pub mod local;
 pub mod process;
 pub mod signals;
+pub mod supervise;
 pub mod workspace;
 
+pub use health::{wait_until_serving, wait_until_serving_over};
 pub use index::{IndexSource, ReadyIndex, ensure_index};
 pub use local::{
     LEAF_SERVICE_NAME, MERGER_SERVICE_NAME, SEARCH_SERVICE_NAME, root_args, start_leaves,
-    start_merger, wait_until_serving,
+    start_merger, start_merger_with,
 };
 pub use process::{ChildOutput, Cluster, ClusterProcess, Launcher, Role, current_executable};
+pub use supervise::RestartBackoff;
