@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use fanout_leaf::{SearchFields, ShardSearcher, build_schema, register_tokenizers};
 use fanout_proto::search::v1::{FetchRequest, SearchRequest, ShardSearchRequest};
 use fanout_tests::{
-    Cluster, ClusterOptions, CorpusSpec, FanoutBinary, IndexFixture, MergerPlacement,
+    ClusterOptions, CorpusSpec, FanoutBinary, IndexFixture, MergerPlacement, TestCluster,
     workspace_root,
 };
 use hdrhistogram::Histogram;
@@ -80,7 +80,7 @@ async fn search_latency(binary: &FanoutBinary, corpus: &Path) -> anyhow::Result<
         corpus.display()
     );
 
-    let cluster = Cluster::start(
+    let cluster = TestCluster::start(
         binary,
         ClusterOptions::new(sharded.dir())
             .replicas(2)

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fanout_leaf::{BadLinePolicy, IndexBuildOptions, IndexBuildReport, build_index};
+use fanout_leaf::{
+    BadLinePolicy, INDEX_MANIFEST_FILE_NAME, IndexBuildOptions, IndexBuildReport, build_index,
+    read_index_manifest,
+};
 
 use crate::cmd::{available_cores, human};
 
@@ -45,11 +48,17 @@ pub struct IndexArgs {
     /// Do not draw a progress bar.
     #[arg(long, env = "FANOUT_NO_PROGRESS")]
     pub no_progress: bool,
+    /// When --out already holds a complete index of --shards shards, keep it
+    /// and exit 0 instead of failing (for a one-shot job that runs again on
+    /// every start); one of another shard count is still an error.
+    #[arg(long, env = "FANOUT_IF_MISSING")]
+    pub if_missing: bool,
 }
 
 /// Validated `fanout index`.
 pub struct IndexPlan {
     options: IndexBuildOptions,
+    if_missing: bool,
 }
 
 impl IndexArgs {
@@ -86,13 +95,37 @@ impl IndexArgs {
                 threads,
                 progress: !self.no_progress,
             },
+            if_missing: self.if_missing,
         })
     }
 }
 
 pub async fn run(plan: IndexPlan) -> anyhow::Result<ExitCode> {
-    let IndexPlan { options } = plan;
+    let IndexPlan {
+        options,
+        if_missing,
+    } = plan;
     let out_dir = options.out_dir.clone();
+    if if_missing && out_dir.join(INDEX_MANIFEST_FILE_NAME).exists() {
+        let manifest = read_index_manifest(&out_dir)
+            .with_context(|| format!("--out {} holds an unreadable index", out_dir.display()))?;
+        if manifest.shard_count != options.shards {
+            bail!(
+                "--out {} already holds an index of {} shards, not {}; remove it to rebuild",
+                out_dir.display(),
+                manifest.shard_count,
+                options.shards
+            );
+        }
+        println!(
+            "index already in {} ({} docs in {} shards, generation {}); kept",
+            out_dir.display(),
+            human::thousands(manifest.doc_count),
+            manifest.shard_count,
+            manifest.generation
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = run_build(options).await?;
     print_report(&report);
     println!("index written to {}", out_dir.display());

@@ -6,11 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fanout_leaf::{FaultPlan, LeafConfig, LeafServer};
+use fanout_leaf::{FaultPlan, LeafAdmission, LeafConfig, LeafServer};
 use fanout_runtime::{announce, shutdown};
 use tokio::net::TcpListener;
 
-use crate::cmd::{available_cores, bind_metrics, drain_options, serve_metrics};
+use crate::cmd::{
+    QueryLimitArgs, ServerTlsArgs, ServerTlsPlan, available_cores, bind_metrics, drain_options,
+    serve_metrics,
+};
 
 #[derive(Debug, Args)]
 pub struct LeafArgs {
@@ -31,7 +34,8 @@ pub struct LeafArgs {
     /// pareto=SCALE:SHAPE, episodes=EVERY:LENGTHxK (slow episodes starting
     /// as a seeded Poisson process with mean gap EVERY, each LENGTH long,
     /// calls K times slower during one), inherent=PxD, hang[=P],
-    /// unavailable=P (durations like 250us, 3ms, 2s).
+    /// unavailable=P, abort-on=MARKER (aborts the process on a request whose
+    /// payload holds MARKER) (durations with their unit: 250us, 3ms, 1.5s).
     #[arg(
         long = "fault",
         value_name = "SPEC",
@@ -43,6 +47,20 @@ pub struct LeafArgs {
     /// port; port 0 picks a free one, printed on stdout). Off by default.
     #[arg(long, value_name = "ADDR", env = "FANOUT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub query_limits: QueryLimitArgs,
+    /// Calls queued or running per search thread beyond which new ones are
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = LeafAdmission::default().max_calls_in_flight_per_thread,
+          env = "FANOUT_MAX_CALLS_PER_THREAD", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_calls_per_thread: u32,
+    /// Calls whose expected wait in the search queue is longer than this
+    /// (in milliseconds) are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = LeafAdmission::default().max_queue_wait.as_millis() as u64,
+          env = "FANOUT_MAX_QUEUE_WAIT_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queue_wait_ms: u64,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// Validated `fanout leaf`: the shard is open, ready to serve.
@@ -50,6 +68,7 @@ pub struct LeafPlan {
     server: LeafServer,
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
+    tls: ServerTlsPlan,
 }
 
 impl LeafArgs {
@@ -61,12 +80,18 @@ impl LeafArgs {
             );
         }
         let faults = FaultPlan::parse(&self.faults).map_err(anyhow::Error::msg)?;
+        let tls = self.tls.validate()?;
         let config = LeafConfig {
-            shard_dir: self.shard_dir.clone(),
             search_threads: self
                 .search_threads
                 .map_or_else(available_cores, |threads| threads as usize),
             drain: drain_options(self.drain_delay_ms),
+            query_limits: self.query_limits.limits(),
+            admission: LeafAdmission {
+                max_calls_in_flight_per_thread: self.max_calls_per_thread,
+                max_queue_wait: std::time::Duration::from_millis(self.max_queue_wait_ms),
+            },
+            ..LeafConfig::new(&self.shard_dir)
         };
         let server = LeafServer::open(config)
             .with_context(|| format!("cannot open the shard in {}", self.shard_dir.display()))?
@@ -75,6 +100,7 @@ impl LeafArgs {
             server,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
+            tls,
         })
     }
 }
@@ -84,7 +110,9 @@ pub async fn run(plan: LeafPlan) -> anyhow::Result<ExitCode> {
         server,
         listen,
         metrics_listen,
+        tls,
     } = plan;
+    let transport = tls.transport().await?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -104,6 +132,7 @@ pub async fn run(plan: LeafPlan) -> anyhow::Result<ExitCode> {
     announce::announce_listening("leaf", local_addr);
     let _metrics_task = serve_metrics("leaf", metrics, server.metrics_registry());
     server
+        .with_transport(transport)
         .serve(listener, shutdown::signal())
         .await
         .context("the leaf stopped with an error")?;

@@ -6,15 +6,24 @@
 //! - [`leaf`], [`merger`], [`root`]: serve one role until SIGINT/SIGTERM.
 //! - [`up`]: a whole local cluster of child processes, the embedded default.
 //! - [`search`]: one query against a root, as a table or JSON.
+//! - [`health`]: one grpc.health.v1 check, the probe of containers.
+//! - [`conformance`]: the contract test kit against anyone's leaf or merger.
+//! - [`deploy`]: Kubernetes manifests for S shards, and the leaf pods' index copy.
+//! - [`loadgen`]: open-loop load, plots of its reports, benchmark scenarios
+//!   (the work itself is the `fanout-loadgen` library).
 //! - [`eval`]: relevance (nDCG@10, Recall@100, MAP@100) on a BEIR test set.
 //! - [`grpc_status`]: how a gRPC error is printed.
 //! - [`human`]: numbers, durations and truncation for people to read.
 
+pub mod conformance;
+pub mod deploy;
 pub mod eval;
 pub mod grpc_status;
+pub mod health;
 pub mod human;
 pub mod index;
 pub mod leaf;
+pub mod loadgen;
 pub mod merger;
 pub mod root;
 pub mod search;
@@ -25,8 +34,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use fanout_proto::search::limits::QueryLimits;
 use fanout_runtime::announce;
 use fanout_runtime::metrics::Registry;
 use fanout_runtime::metrics_http::{MetricsEndpoint, MetricsTask};
@@ -41,15 +51,23 @@ pub enum Command {
     /// Serve the top-k merge as a separate process.
     Merger(merger::MergerArgs),
     /// Serve the public Search and Root APIs over a topology of leaves.
-    Root(root::RootArgs),
+    Root(Box<root::RootArgs>),
     /// Start a whole local cluster (index, leaves, merger, root) in one command.
     Up(up::UpArgs),
     /// Send one query to a root and print the hits.
     Search(search::SearchArgs),
     /// Measure relevance on a BEIR test set (nDCG@10, Recall@100, MAP@100).
     Eval(eval::EvalArgs),
+    /// Check a server's grpc.health.v1 status: exit 0 when SERVING.
+    Health(health::HealthArgs),
     /// Open-loop load generation against a root or a leaf, and latency plots.
-    Loadgen(fanout_loadgen::LoadgenArgs),
+    Loadgen(loadgen::LoadgenArgs),
+    /// Check a leaf or merger (anyone's, in any language) against fanout's
+    /// contracts: a table of checks, exit 1 when one fails.
+    Conformance(conformance::ConformanceArgs),
+    /// Render Kubernetes manifests for S shards x R replicas; copy a shard
+    /// into a leaf pod's volume.
+    Deploy(deploy::DeployArgs),
 }
 
 /// A subcommand whose configuration has been checked.
@@ -61,7 +79,10 @@ pub enum Validated {
     Up(up::UpPlan),
     Search(search::SearchArgs),
     Eval(eval::EvalPlan),
-    Loadgen(fanout_loadgen::LoadgenArgs),
+    Health(health::HealthPlan),
+    Loadgen(loadgen::LoadgenPlan),
+    Conformance(conformance::ConformancePlan),
+    Deploy(deploy::DeployPlan),
 }
 
 impl Command {
@@ -70,15 +91,15 @@ impl Command {
         Ok(match self {
             Command::Index(args) => Validated::Index(args.validate()?),
             Command::Leaf(args) => Validated::Leaf(args.validate()?),
-            Command::Merger(args) => Validated::Merger(args.validate()),
+            Command::Merger(args) => Validated::Merger(args.validate()?),
             Command::Root(args) => Validated::Root(args.validate()?),
             Command::Up(args) => Validated::Up(args.validate()?),
             Command::Search(args) => Validated::Search(args.validate()?),
             Command::Eval(args) => Validated::Eval(args.validate()?),
-            Command::Loadgen(args) => {
-                args.validate()?;
-                Validated::Loadgen(args)
-            }
+            Command::Health(args) => Validated::Health(args.validate()?),
+            Command::Loadgen(args) => Validated::Loadgen(args.validate()?),
+            Command::Conformance(args) => Validated::Conformance(args.validate()?),
+            Command::Deploy(args) => Validated::Deploy(args.validate()?),
         })
     }
 }
@@ -94,10 +115,43 @@ impl Validated {
             Validated::Up(plan) => up::run(plan, log_format).await,
             Validated::Search(args) => search::run(args).await,
             Validated::Eval(plan) => eval::run(plan).await,
-            Validated::Loadgen(args) => {
-                fanout_loadgen::run(args).await?;
-                Ok(ExitCode::SUCCESS)
-            }
+            Validated::Health(plan) => health::run(plan).await,
+            Validated::Loadgen(plan) => loadgen::run(plan).await,
+            Validated::Conformance(plan) => conformance::run(plan).await,
+            Validated::Deploy(plan) => deploy::run(plan).await,
+        }
+    }
+}
+
+/// The limits on search queries, the same flags on root and leaf (the root
+/// checks them before any leaf is called, every leaf again).
+#[derive(Debug, Clone, Args)]
+pub struct QueryLimitArgs {
+    /// The longest query, in bytes.
+    #[arg(long, default_value_t = QueryLimits::DEFAULT.max_bytes, env = "FANOUT_MAX_QUERY_BYTES",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
+    pub max_query_bytes: usize,
+    /// The deepest nesting of a syntax query (parentheses and NOTs).
+    #[arg(long, default_value_t = QueryLimits::DEFAULT.max_depth, env = "FANOUT_MAX_QUERY_DEPTH",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_query_depth: usize,
+    /// The most words and phrases of a query.
+    #[arg(long, default_value_t = QueryLimits::DEFAULT.max_clauses, env = "FANOUT_MAX_QUERY_CLAUSES",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub max_query_clauses: usize,
+    /// The most distinct terms of a natural-language query, after analysis.
+    #[arg(long, default_value_t = QueryLimits::DEFAULT.max_terms, env = "FANOUT_MAX_QUERY_TERMS",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub max_query_terms: usize,
+}
+
+impl QueryLimitArgs {
+    pub fn limits(&self) -> QueryLimits {
+        QueryLimits {
+            max_bytes: self.max_query_bytes,
+            max_depth: self.max_query_depth,
+            max_clauses: self.max_query_clauses,
+            max_terms: self.max_query_terms,
         }
     }
 }
@@ -139,17 +193,9 @@ pub fn drain_options(drain_delay_ms: u64) -> DrainOptions {
 /// `addr` as a URL tonic can connect to (`host:port` gets `http://` in
 /// front); `flag` names the flag in the error.
 pub fn grpc_url(flag: &str, addr: &str) -> anyhow::Result<String> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .with_context(|| format!("{flag} {addr:?} is not a URL such as http://127.0.0.1:50051"))?;
-    if endpoint.uri().host().is_none_or(str::is_empty) {
-        bail!("{flag} {addr:?} has no host: use a URL such as http://127.0.0.1:50051");
-    }
-    Ok(url)
+    fanout_runtime::client::grpc_url(addr).map_err(|reason| {
+        anyhow::anyhow!("{flag} {addr:?} is not a URL such as http://127.0.0.1:50051: {reason}")
+    })
 }
 
 /// Binds `--metrics-listen`, when given.
@@ -295,5 +341,131 @@ mod tests {
         assert_eq!(args.k, 10);
         assert_eq!(args.addr, "http://127.0.0.1:50051");
         assert!(!args.syntax && !args.json && !args.allow_partial);
+    }
+}
+
+/// A server's TLS and exposure flags, the same on root, leaf and merger.
+#[derive(Debug, Clone, Args)]
+pub struct ServerTlsArgs {
+    /// The server's certificate chain (PEM): with --tls-key, it serves
+    /// over TLS (reloaded on SIGHUP). The root also presents it to leaves
+    /// and mergers that ask for a client certificate.
+    #[arg(long, env = "FANOUT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM), readable by its owner only.
+    #[arg(long, env = "FANOUT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Accept only clients with a certificate from this CA (mutual TLS).
+    #[arg(long, env = "FANOUT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Also serve grpc.health.v1 alone, in plaintext, on this address: for
+    /// probes that carry no certificate (Kubernetes' gRPC probe speaks no
+    /// TLS). Only health is there.
+    #[arg(long, env = "FANOUT_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    /// Serve no server reflection (it lists the services served, and their
+    /// messages).
+    #[arg(long, env = "FANOUT_NO_REFLECTION")]
+    pub no_reflection: bool,
+}
+
+/// What [`ServerTlsArgs`] resolve to before the runtime starts.
+#[derive(Debug)]
+pub struct ServerTlsPlan {
+    pub tls: Option<Arc<fanout_runtime::tls::ServerTls>>,
+    pub health_listen: Option<SocketAddr>,
+    pub reflection: bool,
+}
+
+impl ServerTlsArgs {
+    /// Reads the certificate and key (a bad file exits 64).
+    pub fn validate(&self) -> anyhow::Result<ServerTlsPlan> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                fanout_runtime::tls::ServerTls::load(fanout_runtime::tls::ServerTlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                })
+                .context("bad --tls-cert, --tls-key or --tls-client-ca")?,
+            )),
+            _ => None,
+        };
+        Ok(ServerTlsPlan {
+            tls,
+            health_listen: self.health_listen,
+            reflection: !self.no_reflection,
+        })
+    }
+}
+
+impl ServerTlsPlan {
+    /// Binds the health listener and starts reloading the certificate on
+    /// SIGHUP.
+    pub async fn transport(self) -> anyhow::Result<fanout_runtime::serve::ServerTransport> {
+        let health_listener = match self.health_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on --health-listen {addr}"))?,
+            ),
+            None => None,
+        };
+        if let Some(addr) = health_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+        {
+            tracing::info!(%addr, "health alone, in plaintext");
+        }
+        if let Some(tls) = &self.tls {
+            let tls = Arc::clone(tls);
+            fanout_runtime::shutdown::on_sighup("the TLS certificate", move || {
+                tls.reload()
+                    .map(|()| format!("reloaded from {}", tls.files().cert.display()))
+                    .map_err(|error| error.to_string())
+            });
+        }
+        Ok(fanout_runtime::serve::ServerTransport {
+            tls: self.tls,
+            health_listener,
+            reflection: self.reflection,
+        })
+    }
+}
+
+/// A client's TLS flags (`fanout search`, `fanout health`).
+#[derive(Debug, Clone, Args)]
+pub struct ClientTlsArgs {
+    /// Speak TLS, trusting this CA (PEM).
+    #[arg(long, env = "FANOUT_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Present this certificate (PEM) to a server that asks for one
+    /// (mutual TLS), with --tls-key.
+    #[arg(long, env = "FANOUT_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM), readable by its owner only.
+    #[arg(long, env = "FANOUT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name the server's certificate must hold (default: the host of
+    /// the address).
+    #[arg(long, env = "FANOUT_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    /// The endpoint of `url`, over TLS when --tls-ca is given.
+    pub fn endpoint(&self, url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+        let tls = match &self.tls_ca {
+            None => None,
+            Some(ca) => {
+                let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+                Some(
+                    fanout_runtime::tls::ClientTls::load(ca, identity)
+                        .context("bad --tls-ca, --tls-cert or --tls-key")?,
+                )
+            }
+        };
+        fanout_runtime::client::endpoint(url, tls.as_ref(), self.tls_server_name.as_deref())
+            .map_err(anyhow::Error::msg)
     }
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use fanout_proto::search::v1::search_client::SearchClient;
-use fanout_proto::search::v1::{Hit, QueryMode, SearchRequest, SearchResponse};
-use fanout_proto::v1::{Coverage, ShardFailure, ShardTiming};
-use serde_json::{Value, json};
+use fanout_proto::search::v1::{QueryMode, SearchRequest, SearchResponse};
+use fanout_proto::v1::ShardTiming;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
@@ -53,6 +52,34 @@ pub struct SearchArgs {
     /// Print the whole response as JSON.
     #[arg(long, env = "FANOUT_JSON")]
     pub json: bool,
+    /// A bearer token for a root started with --auth-tokens (better given
+    /// by the variable than on the command line, where `ps` shows it).
+    #[arg(long, env = "FANOUT_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    #[command(flatten)]
+    pub tls: super::ClientTlsArgs,
+}
+
+/// A secret flag value: never shown by `Debug`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.is_empty() || text.chars().any(|c| c.is_control()) {
+            return Err("a token is printable text, not empty".to_owned());
+        }
+        Ok(Secret(text.to_owned()))
+    }
 }
 
 impl SearchArgs {
@@ -67,10 +94,18 @@ impl SearchArgs {
 
 /// A Search client on a connected channel, gzip both ways.
 pub async fn connect_search_client(addr: &str) -> anyhow::Result<SearchClient<Channel>> {
-    let channel = Endpoint::from_shared(addr.to_owned())
-        .with_context(|| format!("{addr:?} is not a URL"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
+    let endpoint =
+        Endpoint::from_shared(addr.to_owned()).with_context(|| format!("{addr:?} is not a URL"))?;
+    connect_search_client_over(addr, endpoint).await
+}
+
+/// [`connect_search_client`] over `endpoint` (TLS, say).
+pub async fn connect_search_client_over(
+    addr: &str,
+    endpoint: Endpoint,
+) -> anyhow::Result<SearchClient<Channel>> {
+    let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT);
+    let channel = fanout_runtime::client::connect(&endpoint)
         .await
         .with_context(|| format!("cannot connect to {addr} (is `fanout up` running?)"))?;
     Ok(SearchClient::new(channel)
@@ -79,7 +114,11 @@ pub async fn connect_search_client(addr: &str) -> anyhow::Result<SearchClient<Ch
 }
 
 pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
-    let mut client = match connect_search_client(&args.addr).await {
+    let connected = match args.tls.endpoint(&args.addr) {
+        Ok(endpoint) => connect_search_client_over(&args.addr, endpoint).await,
+        Err(error) => Err(error),
+    };
+    let mut client = match connected {
         Ok(client) => client,
         Err(error) => {
             eprintln!("error: UNAVAILABLE: {error:#}");
@@ -102,6 +141,12 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     if let Some(timeout_ms) = args.timeout_ms {
         request.set_timeout(Duration::from_millis(timeout_ms));
     }
+    if let Some(Secret(token)) = &args.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("the token cannot travel as gRPC metadata")?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let response = match client.search(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
@@ -110,8 +155,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        let text = serde_json::to_string_pretty(&response_to_json(&response))
-            .context("cannot encode the response as JSON")?;
+        let text = response_to_json(&response).context("cannot encode the response as JSON")?;
         println!("{text}");
     } else {
         print!(
@@ -137,84 +181,12 @@ fn describe_search_error(status: &tonic::Status, timeout_ms: Option<u64>) -> Str
 }
 
 /// The response as JSON, field names as in the .proto file.
-pub fn response_to_json(response: &SearchResponse) -> Value {
-    json!({
-        "hits": response.hits.iter().map(hit_to_json).collect::<Vec<_>>(),
-        "total_hits": response.total_hits,
-        "coverage": response.coverage.as_ref().map(coverage_to_json),
-        "shards": response.shards.iter().map(shard_timing_to_json).collect::<Vec<_>>(),
-        "took_micros": response.took_micros,
-    })
-}
-
-fn hit_to_json(hit: &Hit) -> Value {
-    let mut fields: Vec<(&String, &String)> = hit.fields.iter().collect();
-    fields.sort();
-    let fields: serde_json::Map<String, Value> = fields
-        .into_iter()
-        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
-        .collect();
-    json!({
-        "id": hit.id,
-        "score": f32_as_json(hit.score),
-        "shard_id": hit.shard_id,
-        "fields": fields,
-        "snippet": hit.snippet,
-    })
-}
-
-/// An `f32` as JSON with its own shortest digits (`20.616505`, not the
-/// `20.616504669189453` of a plain widening to `f64`).
-fn f32_as_json(value: f32) -> Value {
-    value
-        .to_string()
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map_or(Value::Null, Value::Number)
-}
-
-fn coverage_to_json(coverage: &Coverage) -> Value {
-    json!({
-        "shards_total": coverage.shards_total,
-        "shards_answered": coverage.shards_answered,
-        "shards_failed": coverage.shards_failed,
-        "shards_timed_out": coverage.shards_timed_out,
-        "docs_covered": coverage.docs_covered,
-        "docs_total": coverage.docs_total,
-        "partial": coverage.partial,
-        "failures": coverage.failures.iter().map(shard_failure_to_json).collect::<Vec<_>>(),
-    })
-}
-
-fn shard_failure_to_json(failure: &ShardFailure) -> Value {
-    json!({
-        "shard_id": failure.shard_id,
-        "code": failure.code,
-        "message": failure.message,
-    })
-}
-
-fn shard_timing_to_json(timing: &ShardTiming) -> Value {
-    json!({
-        "shard_id": timing.shard_id,
-        "replica": timing.replica,
-        "attempts": timing.attempts,
-        "winning_attempt": timing.winning_attempt,
-        "latency_micros": timing.latency_micros,
-        "leaf_service_micros": timing.leaf_service_micros,
-        "hedges": timing.hedges,
-        "retries": timing.retries,
-        "hedges_won": timing.hedges_won,
-        "hedges_suppressed": timing.hedges_suppressed,
-        "fetch_attempts": timing.fetch_attempts,
-        "fetch_hedges": timing.fetch_hedges,
-        "fetch_hedges_won": timing.fetch_hedges_won,
-        "fetch_retries": timing.fetch_retries,
-        "fetch_hedges_suppressed": timing.fetch_hedges_suppressed,
-        "replicas_on_probation": timing.replicas_on_probation,
-        "fetch_latency_micros": timing.fetch_latency_micros,
-    })
+/// The response as pretty JSON, straight from its fields (the messages
+/// derive `serde::Serialize`, see proto/build.rs); scores keep their own
+/// shortest digits (`20.616505`, not the `20.616504669189453` of a widening
+/// to `f64`).
+pub fn response_to_json(response: &SearchResponse) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(response)
 }
 
 /// The readable form: one line per hit (rank, score, id, title), an optional
@@ -401,6 +373,9 @@ fn render_snippet(html: &str, highlight_with_ansi: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fanout_proto::search::v1::Hit;
+    use fanout_proto::v1::{Coverage, ShardFailure};
+    use serde_json::Value;
 
     fn sample_response(partial: bool) -> SearchResponse {
         let mut hit = Hit {
@@ -478,7 +453,10 @@ mod tests {
             ..hedged_fetch.clone()
         };
         assert!(render_shard_timing(&plain_fetch).ends_with("(attempts 1, fetch attempts 1)"));
-        assert_eq!(shard_timing_to_json(&hedged_fetch)["fetch_hedges_won"], 1);
+        assert_eq!(
+            serde_json::to_value(&hedged_fetch).unwrap()["fetch_hedges_won"],
+            1
+        );
     }
 
     #[test]
@@ -492,14 +470,15 @@ mod tests {
 
     #[test]
     fn json_keeps_every_field() {
-        let value = response_to_json(&sample_response(true));
+        let text = response_to_json(&sample_response(true)).unwrap();
+        assert!(text.contains("\"score\": 12.345678,"), "{text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(value["hits"][0]["id"], "kdenlive");
         assert_eq!(
             value["hits"][0]["fields"]["title"],
             "non-linear video editor"
         );
         assert_eq!(value["hits"][0]["shard_id"], 2);
-        assert_eq!(value["hits"][0]["score"].to_string(), "12.345678");
         assert_eq!(value["total_hits"], 1_234);
         assert_eq!(value["coverage"]["failures"][0]["code"], "UNAVAILABLE");
         assert_eq!(value["shards"][0]["latency_micros"], 1_200);

@@ -1,7 +1,8 @@
 //! `fanout up`: the embedded default. One command builds the index of the
 //! bundled corpus (first run only), starts S x R leaves, a merger and a root as
 //! child processes of this binary, waits until the root is SERVING, prints the
-//! endpoint and example commands, and stops everything on Ctrl-C or SIGTERM.
+//! endpoint and example commands, restarts any child that dies (with a
+//! backoff, where it listened), and stops everything on Ctrl-C or SIGTERM.
 //!
 //! The index cache and the process supervision are `fanout-cluster`'s, shared
 //! with the benchmark scenarios.
@@ -14,13 +15,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fanout_cluster::certs::LocalTls;
 use fanout_cluster::signals::StopSignals;
 use fanout_cluster::workspace::{default_data_dir, find_in_workspace, workspace_root};
 use fanout_cluster::{
-    ChildOutput, Cluster, IndexSource, Launcher, ReadyIndex, Role, SEARCH_SERVICE_NAME,
-    current_executable, ensure_index, root_args, start_leaves, start_merger, wait_until_serving,
+    ChildOutput, Cluster, IndexSource, Launcher, ReadyIndex, RestartBackoff, Role,
+    SEARCH_SERVICE_NAME, current_executable, ensure_index, root_args, start_leaves,
+    start_merger_with, wait_until_serving_over,
 };
 use fanout_runtime::announce;
+use fanout_runtime::tls::ClientTls;
 use tokio::time::Instant;
 
 use crate::cmd::{LogFormatArg, available_cores, human, index};
@@ -75,6 +79,11 @@ pub struct UpArgs {
     /// each on a free port, listed once the cluster is up.
     #[arg(long, env = "FANOUT_UP_METRICS")]
     pub metrics: bool,
+    /// TLS on every hop, with a CA made for this run (in the data
+    /// directory's tls/): mutual TLS between the root and its leaves and
+    /// merger; the root's API over TLS (clients trust tls/ca.pem).
+    #[arg(long, env = "FANOUT_UP_TLS")]
+    pub tls: bool,
 }
 
 /// Validated `fanout up`.
@@ -86,6 +95,7 @@ pub struct UpPlan {
     embedded_merger: bool,
     rebuild: bool,
     metrics: bool,
+    tls: bool,
 }
 
 impl UpArgs {
@@ -109,6 +119,7 @@ impl UpArgs {
             embedded_merger: self.embedded_merger,
             rebuild: self.rebuild,
             metrics: self.metrics,
+            tls: self.tls,
         })
     }
 }
@@ -151,13 +162,13 @@ pub async fn run(plan: UpPlan, log_format: LogFormatArg) -> anyhow::Result<ExitC
         None => eprintln!("using the index in {}", ready.dir.display()),
     }
 
-    let launcher = Launcher {
-        executable: current_executable()?,
-        log_format: log_format.as_flag_value(),
-        output: ChildOutput::Forward {
+    let launcher = Launcher::new(
+        current_executable()?,
+        log_format.as_flag_value(),
+        ChildOutput::Forward {
             prefix: log_format == LogFormatArg::Text,
         },
-    };
+    );
     let mut cluster = Cluster::default();
     let started = tokio::select! {
         started = start_cluster(&mut cluster, &launcher, &plan, &ready) => started,
@@ -174,7 +185,14 @@ pub async fn run(plan: UpPlan, log_format: LogFormatArg) -> anyhow::Result<ExitC
             return Err(error.context("the cluster did not start"));
         }
     };
-    print_cluster(&cluster, &ready, root_addr, plan.replicas);
+    let tls_ca = plan.tls.then(|| plan.data_dir.join("tls").join("ca.pem"));
+    print_cluster(
+        &cluster,
+        &ready,
+        root_addr,
+        plan.replicas,
+        tls_ca.as_deref(),
+    );
     announce::announce_listening("up", root_addr);
     if let Some(metrics) = cluster
         .process(Role::ROOT)
@@ -184,43 +202,99 @@ pub async fn run(plan: UpPlan, log_format: LogFormatArg) -> anyhow::Result<ExitC
         announce::announce_metrics("up", metrics);
     }
 
-    let outcome = loop {
+    let outcome = supervise(&mut cluster, &launcher, &mut signals, plan.replicas).await;
+    cluster.stop(STOP_GRACE).await;
+    eprintln!("every fanout process has stopped");
+    Ok(outcome)
+}
+
+/// Keeps the cluster running until a stop signal: a child that dies is
+/// started again where it listened, after a backoff ([`RestartBackoff`]),
+/// while the others go on serving (a dead leaf's siblings take its shard,
+/// a dead merger's merges fall back to the root's embedded one).
+async fn supervise(
+    cluster: &mut Cluster,
+    launcher: &Launcher,
+    signals: &mut StopSignals,
+    replicas: u32,
+) -> ExitCode {
+    let mut backoff = RestartBackoff::default();
+    // Children waiting to be started again: when, and which.
+    let mut restarts: Vec<(Instant, usize)> = Vec::new();
+    loop {
+        let next_restart = restarts.iter().map(|(at, _)| *at).min();
         tokio::select! {
             signal = signals.recv() => {
                 eprintln!("{signal}: stopping {} processes", cluster.running_count());
-                break ExitCode::SUCCESS;
+                return ExitCode::SUCCESS;
             }
             (index, status) = cluster.next_exit() => {
                 let process = &cluster.processes[index];
                 let what = format!("{} (pid {}, {})", process.role.label(), process.pid, process.addr);
-                let Role::Leaf { shard_id, .. } = process.role else {
-                    eprintln!("{what} exited unexpectedly ({status}): stopping the cluster");
-                    break ExitCode::FAILURE;
-                };
-                let replicas_left = cluster
-                    .processes
-                    .iter()
-                    .filter(|other| other.is_running())
-                    .filter(|other| matches!(other.role, Role::Leaf { shard_id: id, .. } if id == shard_id))
-                    .count();
-                if replicas_left == 0 {
-                    eprintln!(
-                        "{what} exited unexpectedly ({status}): shard {shard_id} has no replica left, \
-                         searches fail unless --allow-partial"
-                    );
-                } else {
-                    eprintln!(
-                        "{what} exited unexpectedly ({status}): shard {shard_id} goes on with \
-                         {replicas_left} of {} replicas",
-                        plan.replicas
-                    );
+                let (delay, count) = backoff.next_delay(process.role, process.announced_at.elapsed());
+                eprintln!(
+                    "{what} exited unexpectedly ({status}); {}; restarting it in {} (restart {count} in a row)",
+                    what_its_loss_means(cluster, process.role, replicas),
+                    human::micros(delay.as_micros() as u64),
+                );
+                restarts.push((Instant::now() + delay, index));
+            }
+            () = sleep_until_or_forever(next_restart) => {
+                let now = Instant::now();
+                let due: Vec<usize> = restarts.iter().filter(|(at, _)| *at <= now).map(|(_, index)| *index).collect();
+                restarts.retain(|(at, _)| *at > now);
+                for index in due {
+                    let role = cluster.processes[index].role;
+                    let deadline = Instant::now() + STARTUP_TIMEOUT;
+                    match cluster.restart(index, launcher, deadline).await {
+                        Ok(()) => {
+                            let process = &cluster.processes[index];
+                            eprintln!("{} restarted (pid {}, {})", role.label(), process.pid, process.addr);
+                        }
+                        Err(error) => {
+                            let (delay, count) = backoff.next_delay(role, Duration::ZERO);
+                            eprintln!(
+                                "{} did not restart ({error:#}); trying again in {} (restart {count} in a row)",
+                                role.label(),
+                                human::micros(delay.as_micros() as u64),
+                            );
+                            restarts.push((Instant::now() + delay, index));
+                        }
+                    }
                 }
             }
         }
-    };
-    cluster.stop(STOP_GRACE).await;
-    eprintln!("every fanout process has stopped");
-    Ok(outcome)
+    }
+}
+
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the cluster does without `role` until it is back.
+fn what_its_loss_means(cluster: &Cluster, role: Role, replicas: u32) -> String {
+    match role {
+        Role::Leaf { shard_id, .. } => {
+            let replicas_left = cluster
+                .leaves_of_shard(shard_id)
+                .filter(|leaf| leaf.is_running())
+                .count();
+            if replicas_left == 0 {
+                format!(
+                    "shard {shard_id} has no replica left: searches fail unless --allow-partial"
+                )
+            } else {
+                format!("shard {shard_id} goes on with {replicas_left} of {replicas} replicas")
+            }
+        }
+        Role::Merger => "the root merges in-process meanwhile".to_owned(),
+        Role::Root { .. } => "searches fail until it is back".to_owned(),
+        // `up` starts no `up`.
+        Role::Up => "its cluster is gone until it is back".to_owned(),
+    }
 }
 
 /// Starts leaves and merger, then the root over their addresses; returns the
@@ -232,6 +306,16 @@ async fn start_cluster(
     ready: &ReadyIndex,
 ) -> anyhow::Result<SocketAddr> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let tls = if plan.tls {
+        Some(LocalTls::make(&plan.data_dir.join("tls"), "fanout up")?)
+    } else {
+        None
+    };
+    let server_tls = |mutual: bool| -> Vec<OsString> {
+        tls.as_ref()
+            .map(|tls| tls.server_args(mutual))
+            .unwrap_or_default()
+    };
     let leaf_count = ready.manifest.shard_count * plan.replicas;
     let search_threads = (available_cores() / leaf_count as usize).max(1);
     let metrics_args = || {
@@ -248,23 +332,41 @@ async fn start_cluster(
             OsString::from(search_threads.to_string()),
         ];
         args.extend(metrics_args());
+        args.extend(server_tls(true));
         args
     })?;
     if !plan.embedded_merger {
-        start_merger(cluster, launcher)?;
+        start_merger_with(cluster, launcher, &server_tls(true))?;
     }
     // Every process starts at once; their announce lines are read in turn.
     cluster.admit_all(deadline).await?;
 
     let mut args = root_args(cluster, ready.manifest.shard_count, plan.listen)?;
+    if !plan.embedded_merger {
+        // `fanout merger` is the top-k merge: the root can stand in for it.
+        args.extend(["--merger-fallback", "embedded"].map(OsString::from));
+    }
     args.extend(metrics_args());
+    if let Some(tls) = &tls {
+        args.extend(tls.root_args());
+    }
     cluster.start(launcher, Role::ROOT, &args)?;
     cluster.admit_all(deadline).await?;
     let root_addr = cluster
         .process(Role::ROOT)
         .context("the root is missing from the cluster")?
         .addr;
-    wait_until_serving(root_addr, SEARCH_SERVICE_NAME, deadline).await?;
+    let client_tls = match &tls {
+        Some(tls) => Some(ClientTls::load(&tls.ca, None).context("the cluster's CA")?),
+        None => None,
+    };
+    wait_until_serving_over(
+        root_addr,
+        client_tls.as_ref(),
+        SEARCH_SERVICE_NAME,
+        deadline,
+    )
+    .await?;
     if plan.metrics {
         wait_for_metrics_lines(cluster, deadline).await;
     }
@@ -288,7 +390,13 @@ async fn wait_for_metrics_lines(cluster: &Cluster, deadline: Instant) {
 }
 
 /// The endpoint, who serves what, and commands to try.
-fn print_cluster(cluster: &Cluster, ready: &ReadyIndex, root_addr: SocketAddr, replicas: u32) {
+fn print_cluster(
+    cluster: &Cluster,
+    ready: &ReadyIndex,
+    root_addr: SocketAddr,
+    replicas: u32,
+    tls_ca: Option<&Path>,
+) {
     let manifest = &ready.manifest;
     let root_pid = cluster.process(Role::ROOT).map_or(0, |root| root.pid);
     println!();
@@ -297,7 +405,13 @@ fn print_cluster(cluster: &Cluster, ready: &ReadyIndex, root_addr: SocketAddr, r
         human::thousands(manifest.doc_count),
         manifest.shard_count,
     );
-    println!("  endpoint  http://{root_addr}  (root, pid {root_pid})");
+    match tls_ca {
+        None => println!("  endpoint  http://{root_addr}  (root, pid {root_pid})"),
+        Some(ca) => println!(
+            "  endpoint  {root_addr} over TLS, CA {}  (root, pid {root_pid}; mutual TLS to leaves and merger)",
+            ca.display()
+        ),
+    }
     let metrics_of = |role| {
         cluster
             .process(role)
@@ -327,17 +441,26 @@ fn print_cluster(cluster: &Cluster, ready: &ReadyIndex, root_addr: SocketAddr, r
     }
     println!("  index     {}", ready.dir.display());
     println!();
-    let addr_flag = if root_addr.to_string() == "127.0.0.1:50051" {
+    let mut addr_flag = if root_addr.to_string() == "127.0.0.1:50051" {
         String::new()
     } else {
         format!("--addr http://{root_addr} ")
     };
+    if let Some(ca) = tls_ca {
+        addr_flag.push_str(&format!("--tls-ca {} ", ca.display()));
+    }
     println!("try:");
     println!("  fanout search {addr_flag}\"free software video editor\"");
     println!("  fanout search {addr_flag}--snippets -k 5 \"video editor\"");
-    println!(
-        "  grpcurl -plaintext -d '{{\"query\":\"video editor\",\"k\":5}}' {root_addr} fanout.search.v1.Search/Search"
-    );
+    match tls_ca {
+        None => println!(
+            "  grpcurl -plaintext -d '{{\"query\":\"video editor\",\"k\":5}}' {root_addr} fanout.search.v1.Search/Search"
+        ),
+        Some(ca) => println!(
+            "  grpcurl -cacert {} -d '{{\"query\":\"video editor\",\"k\":5}}' {root_addr} fanout.search.v1.Search/Search",
+            ca.display()
+        ),
+    }
     println!();
     println!("Ctrl-C stops every process.");
 }
