@@ -18,7 +18,7 @@ use std::time::Duration;
 use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{SearchRequest, SearchResponse};
 use fanout_tests::{
-    BeirQuery, Cluster, ClusterOptions, IndexFixture, beir, fanout_binary, leaf_stats, within,
+    BeirQuery, ClusterOptions, beir, fanout_binary, leaf_stats, search, start_cluster, within,
 };
 use tonic::transport::Channel;
 
@@ -26,22 +26,6 @@ const QUERY_TASKS: usize = 4;
 const QUERIES_PER_TASK: usize = 50;
 const DEADLINE: Duration = Duration::from_secs(2);
 const SLOW_REPLICA: u32 = 1;
-
-async fn start_cluster() -> Cluster {
-    let binary = fanout_binary!();
-    let index = IndexFixture::scifact(&binary, 1).expect("SciFact in 1 shard builds");
-    let options = ClusterOptions::new(index.dir())
-        .replicas(2)
-        .leaf_args_for(
-            0,
-            SLOW_REPLICA,
-            &["--search-threads", "1", "--fault", "straggler=1x10"],
-        )
-        .root_args(&["--hedge", "fixed:0.2", "--hedge-budget-percent", "100"]);
-    Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts")
-}
 
 /// `QUERY_TASKS` tasks of `QUERIES_PER_TASK` searches each; panics on an
 /// error or partial answer.
@@ -57,18 +41,14 @@ async fn search_stream(
             let mut responses = Vec::new();
             for n in 0..QUERIES_PER_TASK {
                 let query = &queries[(task * QUERIES_PER_TASK + n) % queries.len()];
-                let mut request = tonic::Request::new(SearchRequest {
+                let request = SearchRequest {
                     query: query.text.clone(),
                     k: 10,
                     ..Default::default()
-                });
-                request.set_timeout(DEADLINE);
-                let response = client
-                    .clone()
-                    .search(request)
+                };
+                let response = search(&client, request, DEADLINE)
                     .await
-                    .unwrap_or_else(|status| panic!("query {} failed: {status:?}", query.id))
-                    .into_inner();
+                    .unwrap_or_else(|status| panic!("query {} failed: {status:?}", query.id));
                 let coverage = response.coverage.clone().unwrap_or_default();
                 assert_eq!(
                     coverage.shards_answered, 1,
@@ -127,12 +107,20 @@ impl RootReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_attempts_are_cancelled_at_the_leaf_and_their_work_is_skipped() {
     let queries = Arc::new(beir::scifact_test().expect("SciFact test queries load").0);
-    let cluster = start_cluster().await;
+    let options = ClusterOptions::scifact(1)
+        .replicas(2)
+        .leaf_args_for(
+            0,
+            SLOW_REPLICA,
+            &["--search-threads", "1", "--fault", "straggler=1x10"],
+        )
+        .root_args(&["--hedge", "fixed:0.2", "--hedge-budget-percent", "100"]);
+    let cluster = start_cluster(&fanout_binary!(), options).await;
     let client = cluster.search_client().await.expect("client connects");
     let slow = cluster.leaf(0, SLOW_REPLICA);
-    let slow_addr = slow.addr().to_string();
+    let slow_addr = slow.addr.to_string();
     let stats = || async {
-        leaf_stats(slow.addr())
+        leaf_stats(slow.addr)
             .await
             .expect("the slow leaf tells its counts")
     };

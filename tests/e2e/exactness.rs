@@ -9,16 +9,15 @@
 
 use std::time::Duration;
 
-use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{QueryMode, SearchRequest, SearchResponse};
 use fanout_tests::{
-    BeirQuery, Cluster, ClusterOptions, IndexFixture, MergerPlacement, beir, fanout_binary, within,
+    BeirQuery, ClusterOptions, IndexFixture, MergerPlacement, beir, fanout_binary, search,
+    start_cluster, within,
 };
 use futures::StreamExt;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::schema::Value;
 use tantivy::{Searcher, TantivyDocument};
-use tonic::transport::Channel;
 
 const K: usize = 10;
 /// Hits the reference collects before re-sorting ties by id.
@@ -76,18 +75,13 @@ fn reference_search(searcher: &Searcher, index: &tantivy::Index, query: &str) ->
     }
 }
 
-async fn cluster_search(
-    mut client: SearchClient<Channel>,
-    query: &BeirQuery,
-) -> Result<SearchResponse, tonic::Status> {
-    let mut request = tonic::Request::new(SearchRequest {
+fn cluster_request(query: &BeirQuery) -> SearchRequest {
+    SearchRequest {
         query: query.text.clone(),
         k: K as u32,
         mode: QueryMode::Natural.into(),
         ..Default::default()
-    });
-    request.set_timeout(SEARCH_LIMIT);
-    Ok(client.search(request).await?.into_inner())
+    }
 }
 
 fn scores_match(left: f32, right: f32) -> bool {
@@ -178,13 +172,11 @@ async fn cluster_top_10_equals_a_single_index_for_every_scifact_test_query() {
     let options = ClusterOptions::new(sharded.dir())
         .replicas(2)
         .merger(MergerPlacement::Separate);
-    let cluster = Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts");
+    let cluster = start_cluster(&binary, options).await;
     let client = cluster.search_client().await.expect("client connects");
 
     let searches = futures::stream::iter(&queries)
-        .map(|query| cluster_search(client.clone(), query))
+        .map(|query| search(&client, cluster_request(query), SEARCH_LIMIT))
         .buffered(4)
         .collect::<Vec<_>>();
     let responses = within(ALL_SEARCHES_LIMIT, "300 searches", searches)

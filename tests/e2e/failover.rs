@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{SearchRequest, SearchResponse};
 use fanout_tests::{
-    BeirQuery, Cluster, ClusterOptions, IndexFixture, MergerPlacement, beir, fanout_binary, within,
+    BeirQuery, ClusterOptions, MergerPlacement, beir, fanout_binary, search, start_cluster, within,
 };
 use tokio::sync::Mutex;
 use tonic::Code;
-use tonic::transport::Channel;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
@@ -34,25 +32,11 @@ const DEADLINE: Duration = Duration::from_secs(2);
 /// Time allowed beyond the deadline for the answer to come back.
 const DEADLINE_SLACK: Duration = Duration::from_millis(1000);
 
-async fn start_cluster() -> Cluster {
-    let binary = fanout_binary!();
-    let index = IndexFixture::scifact(&binary, SHARDS).expect("SciFact in 4 shards builds");
-    let options = ClusterOptions::new(index.dir())
+/// 4 shards x 2 replicas, a merger process.
+fn cluster_options() -> ClusterOptions {
+    ClusterOptions::scifact(SHARDS)
         .replicas(2)
-        .merger(MergerPlacement::Separate);
-    Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts")
-}
-
-async fn search(
-    mut client: SearchClient<Channel>,
-    request: SearchRequest,
-    limit: Duration,
-) -> Result<SearchResponse, tonic::Status> {
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(limit);
-    Ok(client.search(request).await?.into_inner())
+        .merger(MergerPlacement::Separate)
 }
 
 fn full_coverage_problem(response: &SearchResponse) -> Option<String> {
@@ -71,7 +55,7 @@ async fn killing_one_replica_mid_stream_loses_no_query() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let (queries, _) = beir::scifact_test().expect("SciFact test queries load");
     let queries: Arc<Vec<BeirQuery>> = Arc::new(queries);
-    let cluster = start_cluster().await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
 
     let answered = Arc::new(AtomicUsize::new(0));
@@ -90,7 +74,7 @@ async fn killing_one_replica_mid_stream_loses_no_query() {
                     k: 10,
                     ..Default::default()
                 };
-                match search(client.clone(), request, SEARCH_LIMIT).await {
+                match search(&client, request, SEARCH_LIMIT).await {
                     Ok(response) => {
                         shard_0_replicas.extend(
                             response
@@ -144,7 +128,7 @@ async fn killing_one_replica_mid_stream_loses_no_query() {
     let (problems, shard_0_replicas): (Vec<Vec<String>>, Vec<Vec<String>>) =
         all.into_iter().unzip();
     let problems: Vec<String> = problems.into_iter().flatten().collect();
-    let killed_addr = cluster.leaf(0, 0).addr().to_string();
+    let killed_addr = cluster.leaf(0, 0).addr.to_string();
     let answers_from_killed = shard_0_replicas
         .iter()
         .flatten()
@@ -186,7 +170,7 @@ async fn killing_one_replica_mid_stream_loses_no_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_a_whole_shard_is_partial_with_allow_partial_and_unavailable_without() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let cluster = start_cluster().await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
     let request = |allow_partial: bool| SearchRequest {
         query: "stem cells differentiation".into(),
@@ -195,7 +179,7 @@ async fn losing_a_whole_shard_is_partial_with_allow_partial_and_unavailable_with
         allow_partial,
         ..Default::default()
     };
-    let before = search(client.clone(), request(false), DEADLINE)
+    let before = search(&client, request(false), DEADLINE)
         .await
         .expect("the healthy cluster answers");
     assert!(
@@ -216,7 +200,7 @@ async fn losing_a_whole_shard_is_partial_with_allow_partial_and_unavailable_with
     // root that has already seen the replicas fail.
     for round in 0..3 {
         let started = Instant::now();
-        let partial = search(client.clone(), request(true), DEADLINE + DEADLINE_SLACK)
+        let partial = search(&client, request(true), DEADLINE + DEADLINE_SLACK)
             .await
             .unwrap_or_else(|status| panic!("round {round}: allow_partial failed: {status:?}"));
         let elapsed = started.elapsed();
@@ -259,7 +243,7 @@ async fn losing_a_whole_shard_is_partial_with_allow_partial_and_unavailable_with
         );
 
         let started = Instant::now();
-        let status = search(client.clone(), request(false), DEADLINE + DEADLINE_SLACK)
+        let status = search(&client, request(false), DEADLINE + DEADLINE_SLACK)
             .await
             .expect_err("without allow_partial a lost shard is an error");
         let elapsed = started.elapsed();

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use fanout_tests::{
-    Cluster, ClusterOptions, IndexFixture, MergerPlacement, ScratchDir, fanout_binary,
-    workspace_root,
+    ClusterOptions, MergerPlacement, ScratchDir, fanout_binary, start_cluster, workspace_root,
 };
 use serde_json::Value;
 
@@ -26,13 +25,8 @@ fn number(report: &Value, path: &[&str]) -> f64 {
 #[tokio::test]
 async fn a_short_run_against_a_real_cluster_adds_up() {
     let binary = fanout_binary!();
-    let index = IndexFixture::scifact(&binary, 2).expect("SciFact in 2 shards builds");
-    let cluster = Cluster::start(
-        &binary,
-        ClusterOptions::new(index.dir()).merger(MergerPlacement::Separate),
-    )
-    .await
-    .expect("cluster starts");
+    let options = ClusterOptions::scifact(2).merger(MergerPlacement::Separate);
+    let cluster = start_cluster(&binary, options).await;
     let scratch = ScratchDir::new(binary.scratch_root(), "loadgen").expect("scratch folder");
     let json = scratch.path().join("report.json");
     let queries = workspace_root().join("data/beir-scifact/queries.jsonl");

@@ -18,8 +18,8 @@ use fanout_proto::v1::InfoRequest;
 use fanout_proto::v1::leaf_client::LeafClient;
 use fanout_tests::metrics::{Scrape, get, scrape};
 use fanout_tests::{
-    ChildProcess, Cluster, ClusterOptions, IndexFixture, MergerPlacement, beir, fanout_binary,
-    health, within,
+    ClusterOptions, ClusterProcess, MergerPlacement, beir, fanout_binary, health, search,
+    start_cluster, within,
 };
 
 const SHARDS: u32 = 2;
@@ -49,11 +49,11 @@ impl TimingSums {
     }
 }
 
-async fn start_cluster() -> Cluster {
-    let binary = fanout_binary!();
-    let index = IndexFixture::scifact(&binary, SHARDS).expect("SciFact in 2 shards builds");
+/// 2 x 2, the shard-0 leaves straggling, a metrics endpoint on the root and
+/// on every leaf.
+fn cluster_options() -> ClusterOptions {
     let straggle = ["--fault", "latency=1ms", "--fault", "straggler=0.5x20"];
-    let mut options = ClusterOptions::new(index.dir())
+    let mut options = ClusterOptions::scifact(SHARDS)
         .replicas(REPLICAS)
         .merger(MergerPlacement::Embedded)
         .root_args(&["--hedge", "fixed:3"])
@@ -66,25 +66,21 @@ async fn start_cluster() -> Cluster {
         .iter()
         .map(|flag| (*flag).to_owned())
         .collect();
-    Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts")
+    options
 }
 
-async fn scrape_of(process: &ChildProcess) -> Scrape {
+async fn scrape_of(process: &ClusterProcess) -> Scrape {
     let addr = process
         .metrics_addr()
-        .unwrap_or_else(|| panic!("{} announced no metrics address", process.name()));
+        .unwrap_or_else(|| panic!("{} announced no metrics address", process.role.label()));
     scrape(addr)
         .await
-        .unwrap_or_else(|error| panic!("scraping {}: {error:#}", process.name()))
+        .unwrap_or_else(|error| panic!("scraping {}: {error:#}", process.role.label()))
 }
 
 /// The leaf's own counts, from an Info call's metadata.
-async fn leaf_stats(process: &ChildProcess) -> LeafStats {
-    let channel = health::connect(process.addr())
-        .await
-        .expect("leaf connects");
+async fn leaf_stats(process: &ClusterProcess) -> LeafStats {
+    let channel = health::connect(process.addr).await.expect("leaf connects");
     let response = within(
         Duration::from_secs(10),
         "Leaf/Info",
@@ -103,7 +99,7 @@ async fn leaf_stats(process: &ChildProcess) -> LeafStats {
 
 /// Scrapes `leaf` until no Execute call is in flight (losing hedges end a
 /// moment after the search that dropped them), at most a few seconds.
-async fn settled_scrape(leaf: &ChildProcess) -> Scrape {
+async fn settled_scrape(leaf: &ClusterProcess) -> Scrape {
     let mut scrape = scrape_of(leaf).await;
     for _ in 0..50 {
         if scrape.sum("fanout_leaf_calls_in_flight", &[]) == 0.0 {
@@ -117,27 +113,25 @@ async fn settled_scrape(leaf: &ChildProcess) -> Scrape {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_and_leaf_metrics_add_up_to_what_the_responses_say() {
-    let cluster = start_cluster().await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
     let queries = beir::scifact_test().expect("SciFact test queries load").0;
 
     let mut sums = TimingSums::default();
     for query in queries.iter().take(SEARCHES) {
-        let mut request = tonic::Request::new(SearchRequest {
+        let request = SearchRequest {
             query: query.text.clone(),
             k: 10,
             ..Default::default()
-        });
-        request.set_timeout(Duration::from_secs(5));
+        };
         let response = within(
             Duration::from_secs(10),
             "a search",
-            client.clone().search(request),
+            search(&client, request, Duration::from_secs(5)),
         )
         .await
         .expect("the search answers in time")
-        .unwrap_or_else(|status| panic!("query {} failed: {status:?}", query.id))
-        .into_inner();
+        .unwrap_or_else(|status| panic!("query {} failed: {status:?}", query.id));
         let coverage = response.coverage.clone().unwrap_or_default();
         assert_eq!(
             coverage.shards_answered, SHARDS,
@@ -232,15 +226,15 @@ async fn root_and_leaf_metrics_add_up_to_what_the_responses_say() {
             let execute = metrics.sum("fanout_leaf_calls_total", &[("method", "execute")]);
             println!(
                 "{}: {execute} execute calls, {stats:?}, faults {}",
-                leaf.name(),
+                leaf.role.label(),
                 metrics.sum("fanout_leaf_faults_injected_total", &[])
             );
-            assert_eq!(execute, stats.calls as f64, "{}: calls", leaf.name());
+            assert_eq!(execute, stats.calls as f64, "{}: calls", leaf.role.label());
             assert_eq!(
                 metrics.sum("fanout_leaf_calls_total", &[("code", "CANCELLED")]),
                 stats.cancelled as f64,
                 "{}: cancelled calls are the dropped ones",
-                leaf.name()
+                leaf.role.label()
             );
             assert_eq!(
                 metrics.sum("fanout_leaf_cancelled_calls_total", &[]),
@@ -255,7 +249,7 @@ async fn root_and_leaf_metrics_add_up_to_what_the_responses_say() {
                     metrics.sum("fanout_leaf_work_total", &[("outcome", outcome)]),
                     count as f64,
                     "{}: work {outcome}",
-                    leaf.name()
+                    leaf.role.label()
                 );
             }
             let info = [("method", "info"), ("code", "OK")];
@@ -264,7 +258,7 @@ async fn root_and_leaf_metrics_add_up_to_what_the_responses_say() {
                 info_after,
                 metrics.sum("fanout_leaf_calls_total", &info) + 1.0,
                 "{}: the test's own Info call is counted",
-                leaf.name()
+                leaf.role.label()
             );
             let faults = metrics.count("fanout_leaf_faults_injected_total", &[]);
             if shard == 0 {
@@ -274,10 +268,15 @@ async fn root_and_leaf_metrics_add_up_to_what_the_responses_say() {
                         &[("kind", "straggler")]
                     ) > 0.0,
                     "{}: no straggler injected",
-                    leaf.name()
+                    leaf.role.label()
                 );
             } else {
-                assert_eq!(faults, 0, "{}: faults family without --fault", leaf.name());
+                assert_eq!(
+                    faults,
+                    0,
+                    "{}: faults family without --fault",
+                    leaf.role.label()
+                );
             }
             received += execute;
         }

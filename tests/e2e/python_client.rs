@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use fanout_tests::binary::run_bounded;
 use fanout_tests::{
-    Cluster, ClusterOptions, CorpusSpec, IndexFixture, MergerPlacement, ScratchDir, fanout_binary,
-    workspace_root,
+    ClusterOptions, CorpusSpec, IndexFixture, MergerPlacement, ScratchDir, fanout_binary,
+    start_cluster, workspace_root,
 };
 
 const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
@@ -66,15 +66,13 @@ async fn a_python_grpcio_client_uses_health_reflection_and_search() {
     assert_eq!(index.doc_count(), 6);
 
     let options = ClusterOptions::new(index.dir()).merger(MergerPlacement::Embedded);
-    let cluster = Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts");
+    let cluster = start_cluster(&binary, options).await;
 
     let mut command = Command::new(&python);
     command
         .arg(workspace_root().join("tests/python/client_test.py"))
         .arg("--addr")
-        .arg(cluster.root().addr().to_string())
+        .arg(cluster.root().addr.to_string())
         .arg("--proto-dir")
         .arg(workspace_root().join("proto/proto"))
         .args(["--query", "inverse document frequency global statistics"])

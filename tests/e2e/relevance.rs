@@ -5,15 +5,13 @@
 
 use std::time::Duration;
 
-use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{QueryMode, SearchRequest, SearchResponse};
 use fanout_tests::{
-    Cluster, ClusterOptions, IndexFixture, MergerPlacement, beir, fanout_binary, ndcg_at_k, within,
+    ClusterOptions, MergerPlacement, beir, fanout_binary, ndcg_at_k, search, start_cluster, within,
     workspace_root,
 };
 use futures::StreamExt;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// What the analyzer and best-fields scoring must reach on SciFact (the BEIR
 /// paper's Elasticsearch BM25 has 0.665).
@@ -22,29 +20,18 @@ const SEARCH_LIMIT: Duration = Duration::from_secs(10);
 const ALL_SEARCHES_LIMIT: Duration = Duration::from_secs(300);
 const EVAL_LIMIT: Duration = Duration::from_secs(300);
 
-async fn start_cluster() -> Cluster {
-    let binary = fanout_binary!();
-    let index = IndexFixture::scifact(&binary, 4).expect("SciFact in 4 shards builds");
-    let options = ClusterOptions::new(index.dir()).merger(MergerPlacement::Embedded);
-    Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts")
+/// 4 shards, the root's embedded merge.
+fn cluster_options() -> ClusterOptions {
+    ClusterOptions::scifact(4).merger(MergerPlacement::Embedded)
 }
 
-async fn search(
-    mut client: SearchClient<Channel>,
-    query: &str,
-    mode: QueryMode,
-    k: u32,
-) -> Result<SearchResponse, tonic::Status> {
-    let mut request = tonic::Request::new(SearchRequest {
+fn request(query: &str, mode: QueryMode, k: u32) -> SearchRequest {
+    SearchRequest {
         query: query.to_owned(),
         k,
         mode: mode.into(),
         ..Default::default()
-    });
-    request.set_timeout(SEARCH_LIMIT);
-    Ok(client.search(request).await?.into_inner())
+    }
 }
 
 /// The first number after `label` in `text` (e.g. `nDCG@10: 0.6912`).
@@ -59,11 +46,17 @@ fn number_after(text: &str, label: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scifact_ndcg_at_10_through_the_cluster_and_fanout_eval() {
     let (queries, qrels) = beir::scifact_test().expect("SciFact test queries load");
-    let cluster = start_cluster().await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
 
     let searches = futures::stream::iter(&queries)
-        .map(|query| search(client.clone(), &query.text, QueryMode::Natural, 10))
+        .map(|query| {
+            search(
+                &client,
+                request(&query.text, QueryMode::Natural, 10),
+                SEARCH_LIMIT,
+            )
+        })
         .buffered(4)
         .collect::<Vec<_>>();
     let responses = within(ALL_SEARCHES_LIMIT, "300 searches", searches)
@@ -125,7 +118,7 @@ async fn scifact_ndcg_at_10_through_the_cluster_and_fanout_eval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn natural_mode_takes_punctuation_as_text_and_syntax_mode_reports_errors() {
-    let cluster = start_cluster().await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
 
     // (query, whether SciFact surely has a match for its words)
@@ -138,9 +131,13 @@ async fn natural_mode_takes_punctuation_as_text_and_syntax_mode_reports_errors()
         ("what is the role of TNF-α in insulin resistance?", true),
     ];
     for (query, must_match) in free_text {
-        let response = search(client.clone(), query, QueryMode::Natural, 10)
-            .await
-            .unwrap_or_else(|status| panic!("natural query {query:?} failed: {status:?}"));
+        let response = search(
+            &client,
+            request(query, QueryMode::Natural, 10),
+            SEARCH_LIMIT,
+        )
+        .await
+        .unwrap_or_else(|status| panic!("natural query {query:?} failed: {status:?}"));
         if must_match {
             assert!(
                 !response.hits.is_empty(),
@@ -149,18 +146,16 @@ async fn natural_mode_takes_punctuation_as_text_and_syntax_mode_reports_errors()
         }
     }
     let inflammation = search(
-        client.clone(),
-        "IL-6: role (in) inflammation?",
-        QueryMode::Natural,
-        10,
+        &client,
+        request("IL-6: role (in) inflammation?", QueryMode::Natural, 10),
+        SEARCH_LIMIT,
     )
     .await
     .expect("IL-6 query answers");
     let plain = search(
-        client.clone(),
-        "IL 6 role in inflammation",
-        QueryMode::Natural,
-        10,
+        &client,
+        request("IL 6 role in inflammation", QueryMode::Natural, 10),
+        SEARCH_LIMIT,
     )
     .await
     .expect("plain query answers");
@@ -178,10 +173,9 @@ async fn natural_mode_takes_punctuation_as_text_and_syntax_mode_reports_errors()
     );
 
     let valid_syntax = search(
-        client.clone(),
-        "title:cancer AND \"stem cells\"",
-        QueryMode::Syntax,
-        10,
+        &client,
+        request("title:cancer AND \"stem cells\"", QueryMode::Syntax, 10),
+        SEARCH_LIMIT,
     )
     .await
     .expect("a valid syntax-mode query answers");
@@ -191,9 +185,13 @@ async fn natural_mode_takes_punctuation_as_text_and_syntax_mode_reports_errors()
     );
 
     for garbage in ["title:(unclosed", "nosuchfield:word", "\"unbalanced"] {
-        let status = search(client.clone(), garbage, QueryMode::Syntax, 10)
-            .await
-            .expect_err(&format!("syntax-mode {garbage:?} must be rejected"));
+        let status = search(
+            &client,
+            request(garbage, QueryMode::Syntax, 10),
+            SEARCH_LIMIT,
+        )
+        .await
+        .expect_err(&format!("syntax-mode {garbage:?} must be rejected"));
         assert_eq!(
             status.code(),
             Code::InvalidArgument,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_proto::search::v1::{SearchRequest, SearchResponse};
 use fanout_tests::{
-    BeirQuery, Cluster, ClusterOptions, IndexFixture, beir, fanout_binary, leaf_stats, within,
+    BeirQuery, ClusterOptions, beir, fanout_binary, leaf_stats, search, start_cluster, within,
 };
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -36,13 +36,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 const SHARDS: u32 = 4;
 const DEADLINE: Duration = Duration::from_secs(2);
 
-async fn start_cluster(options: impl FnOnce(ClusterOptions) -> ClusterOptions) -> Cluster {
-    let binary = fanout_binary!();
-    let index = IndexFixture::scifact(&binary, SHARDS).expect("SciFact in 4 shards builds");
-    let options = options(ClusterOptions::new(index.dir()).replicas(2));
-    Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts")
+/// 4 shards x 2 replicas, a merger process.
+fn cluster_options() -> ClusterOptions {
+    ClusterOptions::scifact(SHARDS).replicas(2)
 }
 
 fn queries() -> Arc<Vec<BeirQuery>> {
@@ -73,19 +69,15 @@ async fn query_stream(
             let mut answers = Vec::new();
             for n in (task..count).step_by(tasks) {
                 let query = &queries[(offset + n) % queries.len()];
-                let mut request = tonic::Request::new(SearchRequest {
+                let request = SearchRequest {
                     query: query.text.clone(),
                     k: 10,
                     ..Default::default()
-                });
-                request.set_timeout(DEADLINE);
+                };
                 let started = Instant::now();
-                let response = client
-                    .clone()
-                    .search(request)
+                let response = search(&client, request, DEADLINE)
                     .await
-                    .unwrap_or_else(|status| panic!("query {} failed: {status:?}", query.id))
-                    .into_inner();
+                    .unwrap_or_else(|status| panic!("query {} failed: {status:?}", query.id));
                 let latency = started.elapsed();
                 let coverage = response.coverage.clone().unwrap_or_default();
                 assert_eq!(
@@ -127,9 +119,9 @@ fn shard_0_replicas(answers: &[Answer]) -> Vec<String> {
 async fn a_stopped_replica_is_hedged_around_and_used_again_after_it_continues() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let queries = queries();
-    let cluster = start_cluster(|options| options).await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
-    let stopped_addr = cluster.leaf(0, 0).addr().to_string();
+    let stopped_addr = cluster.leaf(0, 0).addr.to_string();
 
     // Warm up (connections, the latency histograms), then measure.
     query_stream(&client, &queries, 0, 100, 2).await;
@@ -140,9 +132,9 @@ async fn a_stopped_replica_is_hedged_around_and_used_again_after_it_continues() 
         quantile(&normal, 0.5)
     );
 
-    cluster.leaf(0, 0).stop().expect("SIGSTOP");
+    cluster.leaf(0, 0).pause().expect("SIGSTOP");
     let stopped = query_stream(&client, &queries, 300, 200, 2).await;
-    cluster.leaf(0, 0).cont().expect("SIGCONT");
+    cluster.leaf(0, 0).resume().expect("SIGCONT");
     let stopped_max = quantile(&stopped, 1.0);
     let shard_0_hedges: u32 = stopped
         .iter()
@@ -200,11 +192,12 @@ async fn a_stopped_replica_is_hedged_around_and_used_again_after_it_continues() 
 async fn a_hung_replica_costs_no_deadline_and_goes_on_probation() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let queries = queries();
-    let cluster = start_cluster(|options| options.leaf_args_for(0, 0, &["--fault", "hang"])).await;
+    let options = cluster_options().leaf_args_for(0, 0, &["--fault", "hang"]);
+    let cluster = start_cluster(&fanout_binary!(), options).await;
     let client = cluster.search_client().await.expect("client connects");
-    let hung_addr = cluster.leaf(0, 0).addr().to_string();
+    let hung_addr = cluster.leaf(0, 0).addr.to_string();
 
-    let hung_before = leaf_stats(cluster.leaf(0, 0).addr())
+    let hung_before = leaf_stats(cluster.leaf(0, 0).addr)
         .await
         .expect("the hung leaf still answers Info");
     let mut answers = query_stream(&client, &queries, 0, 300, 2).await;
@@ -240,7 +233,7 @@ async fn a_hung_replica_costs_no_deadline_and_goes_on_probation() {
     println!("hung replica first for shard 0: {early} of the first 100, {late} of the last 100");
     // The hung leaf's own counts: it was called (so the test tested
     // something), and every call it got was given up by the root.
-    let hung_after = leaf_stats(cluster.leaf(0, 0).addr())
+    let hung_after = leaf_stats(cluster.leaf(0, 0).addr)
         .await
         .expect("the hung leaf still answers Info");
     let hung_calls = hung_after.calls - hung_before.calls;
@@ -264,15 +257,12 @@ async fn a_hung_replica_costs_no_deadline_and_goes_on_probation() {
 async fn extra_load_stays_within_the_budget_when_stragglers_surge() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let queries = queries();
-    let cluster = start_cluster(|options| {
-        let mut options = options;
-        options.leaf_args = ["straggler=0.01x20", "straggler-step=6s:0.5", "seed=11"]
-            .iter()
-            .flat_map(|spec| ["--fault".to_owned(), (*spec).to_owned()])
-            .collect();
-        options
-    })
-    .await;
+    let mut options = cluster_options();
+    options.leaf_args = ["straggler=0.01x20", "straggler-step=6s:0.5", "seed=11"]
+        .iter()
+        .flat_map(|spec| ["--fault".to_owned(), (*spec).to_owned()])
+        .collect();
+    let cluster = start_cluster(&fanout_binary!(), options).await;
     let client = cluster.search_client().await.expect("client connects");
     let started = Instant::now();
     let mut answers = Vec::new();
@@ -318,15 +308,12 @@ async fn extra_load_stays_within_the_budget_when_stragglers_surge() {
 async fn the_tower_baseline_hedges_once_per_call_after_its_first_period() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let queries = queries();
-    let cluster = start_cluster(|options| {
-        let mut options = options.root_args(&["--hedge", "tower"]);
-        options.leaf_args = ["straggler=0.1x20", "seed=5"]
-            .iter()
-            .flat_map(|spec| ["--fault".to_owned(), (*spec).to_owned()])
-            .collect();
-        options
-    })
-    .await;
+    let mut options = cluster_options().root_args(&["--hedge", "tower"]);
+    options.leaf_args = ["straggler=0.1x20", "seed=5"]
+        .iter()
+        .flat_map(|spec| ["--fault".to_owned(), (*spec).to_owned()])
+        .collect();
+    let cluster = start_cluster(&fanout_binary!(), options).await;
     let client = cluster.search_client().await.expect("client connects");
     let started = Instant::now();
     let mut answers = Vec::new();

@@ -6,46 +6,33 @@
 //! - `fanout index` names the line of a bad input line, and skips it only when
 //!   told to, saying so;
 //! - bad flags exit 64;
-//! - a leaf told to stop reports NOT_SERVING while it drains.
+//! - a leaf told to stop reports NOT_SERVING while it drains;
+//! - reflection lists exactly the services each server serves.
 
 use std::error::Error;
+use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use fanout_proto::search::v1::SearchRequest;
-use fanout_proto::search::v1::search_client::SearchClient;
 use fanout_tests::{
-    ChildProcess, Cluster, ClusterOptions, IndexFixture, MergerPlacement, ScratchDir,
-    fanout_binary, health, within,
+    ClusterOptions, IndexFixture, LEAF_SERVICE_NAME, MergerPlacement, Role, ScratchDir,
+    fanout_binary, health, search, start_cluster, wait_until_serving, within,
 };
 use nix::sys::signal::Signal;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const SEARCH_LIMIT: Duration = Duration::from_secs(10);
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
-async fn start_cluster() -> Cluster {
-    let binary = fanout_binary!();
-    let index = IndexFixture::scifact(&binary, 4).expect("SciFact in 4 shards builds");
-    let options = ClusterOptions::new(index.dir()).merger(MergerPlacement::Embedded);
-    Cluster::start(&binary, options)
-        .await
-        .expect("cluster starts")
-}
-
-async fn search(
-    mut client: SearchClient<Channel>,
-    request: SearchRequest,
-) -> Result<fanout_proto::search::v1::SearchResponse, tonic::Status> {
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(SEARCH_LIMIT);
-    Ok(client.search(request).await?.into_inner())
+/// 4 shards, the root's embedded merge.
+fn cluster_options() -> ClusterOptions {
+    ClusterOptions::scifact(4).merger(MergerPlacement::Embedded)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_are_invalid_argument() {
-    let cluster = start_cluster().await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
     let query = |query: &str, k: u32| SearchRequest {
         query: query.into(),
@@ -53,7 +40,7 @@ async fn invalid_requests_are_invalid_argument() {
         ..Default::default()
     };
 
-    let status = search(client.clone(), query("", 10))
+    let status = search(&client, query("", 10), SEARCH_LIMIT)
         .await
         .expect_err("an empty query is rejected");
     assert_eq!(
@@ -62,7 +49,7 @@ async fn invalid_requests_are_invalid_argument() {
         "empty query: {status:?}"
     );
 
-    let status = search(client.clone(), query("cancer", 10_001))
+    let status = search(&client, query("cancer", 10_001), SEARCH_LIMIT)
         .await
         .expect_err("k = 10001 is rejected");
     assert_eq!(
@@ -72,7 +59,7 @@ async fn invalid_requests_are_invalid_argument() {
     );
 
     // The largest k is allowed: every match comes back, up to 10000.
-    let largest = search(client.clone(), query("cancer cells", 10_000))
+    let largest = search(&client, query("cancer cells", 10_000), SEARCH_LIMIT)
         .await
         .expect("k = 10000 is allowed");
     assert!(
@@ -85,7 +72,7 @@ async fn invalid_requests_are_invalid_argument() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_deadlines_are_deadline_exceeded_not_cancelled() {
-    let cluster = start_cluster().await;
+    let cluster = start_cluster(&fanout_binary!(), cluster_options()).await;
     let client = cluster.search_client().await.expect("client connects");
     let request = SearchRequest {
         query: "stem cells".into(),
@@ -94,14 +81,11 @@ async fn tiny_deadlines_are_deadline_exceeded_not_cancelled() {
     };
 
     // A deadline in the request body: no client-side timer races the server.
-    let mut in_body = tonic::Request::new(SearchRequest {
+    let in_body = SearchRequest {
         timeout_millis: 1,
         ..request.clone()
-    });
-    in_body.set_timeout(SEARCH_LIMIT);
-    let status = client
-        .clone()
-        .search(in_body)
+    };
+    let status = search(&client, in_body, SEARCH_LIMIT)
         .await
         .expect_err("timeout_millis = 1 cannot be met");
     assert_eq!(
@@ -124,12 +108,10 @@ async fn tiny_deadlines_are_deadline_exceeded_not_cancelled() {
     let mut client_expiries = 0;
     let mut server_timer_expiries = 0;
     for timeout in [1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4].map(Duration::from_millis) {
-        let mut tiny = tonic::Request::new(request.clone());
-        tiny.set_timeout(timeout);
         let result = within(
             SEARCH_LIMIT,
             "a tiny-deadline search",
-            client.clone().search(tiny),
+            search(&client, request.clone(), timeout),
         )
         .await
         .expect("the search ends");
@@ -179,22 +161,22 @@ fn index_names_the_bad_line_and_skips_it_only_when_told() {
         ),
     )
     .expect("corpus written");
-    let index = |out: &str, skip: bool| {
+    let index_into = |out: &str, shards: u32, extra: &[&str]| {
         let mut args = vec![
             "index".to_owned(),
             "--input".to_owned(),
             input.display().to_string(),
             "--shards".to_owned(),
-            "2".to_owned(),
+            shards.to_string(),
             "--out".to_owned(),
             scratch.path().join(out).display().to_string(),
             "--no-progress".to_owned(),
         ];
-        if skip {
-            args.push("--skip-bad-lines".to_owned());
-        }
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         binary.run(&args, RUN_LIMIT).expect("fanout index runs")
     };
+    let index =
+        |out: &str, skip: bool| index_into(out, 2, if skip { &["--skip-bad-lines"] } else { &[] });
 
     let failed = index("strict", false);
     assert!(
@@ -224,6 +206,27 @@ fn index_names_the_bad_line_and_skips_it_only_when_told() {
     let built = IndexFixture::open(&scratch.path().join("lenient")).expect("index.json");
     assert_eq!(built.doc_count(), 3, "three good lines, three documents");
     assert_eq!(built.shard_count(), 2);
+
+    // An index is never overwritten; --if-missing keeps one of the same
+    // shard count (a one-shot index job that runs on every start).
+    let again = index_into("lenient", 2, &["--skip-bad-lines"]);
+    assert!(
+        !again.status.success(),
+        "a build over an index must fail:\n{}",
+        again.combined()
+    );
+    let kept = index_into("lenient", 2, &["--skip-bad-lines", "--if-missing"]);
+    kept.expect_success("fanout index --if-missing")
+        .expect("an existing index is kept");
+    assert!(kept.combined().contains("kept"), "{}", kept.combined());
+    let reshaped = index_into("lenient", 3, &["--skip-bad-lines", "--if-missing"]);
+    assert!(
+        !reshaped.status.success() && reshaped.combined().contains("not 3"),
+        "an index of another shard count is not taken for the one asked:\n{}",
+        reshaped.combined()
+    );
+    let unchanged = IndexFixture::open(&scratch.path().join("lenient")).expect("index.json");
+    assert_eq!(unchanged.shard_count(), 2, "the index was left as it was");
 }
 
 #[test]
@@ -255,8 +258,7 @@ async fn a_draining_leaf_reports_not_serving_before_it_exits() {
     let binary = fanout_binary!();
     let index = IndexFixture::scifact(&binary, 4).expect("SciFact in 4 shards builds");
     let logs = ScratchDir::new(binary.scratch_root(), "drain").expect("scratch folder");
-    let args = vec![
-        "leaf".into(),
+    let args: Vec<OsString> = vec![
         "--shard-dir".into(),
         index.shard_dir(0).into(),
         "--listen".into(),
@@ -264,13 +266,37 @@ async fn a_draining_leaf_reports_not_serving_before_it_exits() {
         "--drain-delay-ms".into(),
         "500".into(),
     ];
-    let leaf = ChildProcess::start(&binary, "leaf", args, logs.path(), Duration::from_secs(60))
+    let leaf_role = Role::Leaf {
+        shard_id: 0,
+        replica: 0,
+    };
+    let leaf = binary
+        .start(leaf_role, &args, logs.path(), Duration::from_secs(60))
         .await
         .expect("leaf starts");
-    health::wait_until_serving(leaf.addr(), Duration::from_secs(30))
+    let serving_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    wait_until_serving(leaf.addr, LEAF_SERVICE_NAME, serving_by)
         .await
         .expect("leaf serves");
-    let channel = health::connect(leaf.addr()).await.expect("connects");
+    let channel = health::connect(leaf.addr).await.expect("connects");
+    // `fanout health`, the probe of container health checks, agrees.
+    let probe = |service: &str| {
+        let addr = leaf.addr.to_string();
+        let args = [
+            "health",
+            addr.as_str(),
+            "--service",
+            service,
+            "--timeout-ms",
+            "2000",
+        ];
+        binary.run(args, RUN_LIMIT).expect("fanout health runs")
+    };
+    let serving = probe("fanout.v1.Leaf");
+    assert_eq!(serving.status.code(), Some(0), "{}", serving.combined());
+    assert!(serving.stdout.contains("SERVING"), "{}", serving.combined());
+    let unknown = probe("no.such.Service");
+    assert_eq!(unknown.status.code(), Some(1), "{}", unknown.combined());
 
     let signalled = Instant::now();
     leaf.signal(Signal::SIGTERM).expect("SIGTERM sent");
@@ -283,6 +309,16 @@ async fn a_draining_leaf_reports_not_serving_before_it_exits() {
     .await
     .expect("NOT_SERVING during the drain delay");
     let not_serving_after = signalled.elapsed();
+    let draining = probe("");
+    assert_eq!(draining.status.code(), Some(1), "{}", draining.combined());
+    if signalled.elapsed() < Duration::from_millis(450) {
+        // Still within the drain delay: the leaf itself said so.
+        assert!(
+            draining.stderr.contains("NOT_SERVING"),
+            "{}",
+            draining.combined()
+        );
+    }
     let service_status = health::health_status(channel, "fanout.v1.Leaf").await;
     let status = leaf
         .wait_for_exit(Duration::from_secs(20))
@@ -296,8 +332,105 @@ async fn a_draining_leaf_reports_not_serving_before_it_exits() {
         "fanout.v1.Leaf is still SERVING while draining"
     );
     assert!(status.success(), "a drained leaf exits 0, not {status}");
+    let gone = probe("");
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "nothing listens: {}",
+        gone.combined()
+    );
     assert!(
         exited_after >= Duration::from_millis(500),
         "the leaf exited after {exited_after:?}, before its 500 ms drain delay"
     );
+}
+
+/// The services a server's reflection (v1) lists.
+async fn reflected_services(addr: std::net::SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let channel = health::connect(addr).await.expect("connects");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = within(
+        SEARCH_LIMIT,
+        "reflection",
+        client.server_reflection_info(futures::stream::iter([request])),
+    )
+    .await
+    .expect("reflection answers in time")
+    .expect("reflection answers")
+    .into_inner();
+    let response = within(SEARCH_LIMIT, "the service list", responses.message())
+        .await
+        .expect("a reflection response in time")
+        .expect("a reflection response")
+        .expect("a list");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    let mut names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_exactly_the_services_each_server_serves() {
+    let options = ClusterOptions::scifact(2).merger(MergerPlacement::Separate);
+    let cluster = start_cluster(&fanout_binary!(), options).await;
+    let expected = |served: &[&str]| {
+        let mut names: Vec<String> = served
+            .iter()
+            .chain(fanout_runtime::serve::ALWAYS_SERVED.iter())
+            .map(|name| (*name).to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        reflected_services(cluster.root().addr).await,
+        expected(&["fanout.search.v1.Search", "fanout.v1.Root"]),
+        "the root"
+    );
+    assert_eq!(
+        reflected_services(cluster.leaf(0, 0).addr).await,
+        expected(&["fanout.v1.Leaf"]),
+        "a leaf"
+    );
+    let merger = cluster.merger().expect("a merger process");
+    assert_eq!(
+        reflected_services(merger.addr).await,
+        expected(&["fanout.v1.Merger"]),
+        "the merger"
+    );
+
+    // --no-reflection: none at all.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    let binary = fanout_binary!();
+    let logs = ScratchDir::new(binary.scratch_root(), "no-reflection").expect("scratch folder");
+    let quiet = binary
+        .start(
+            Role::Merger,
+            &["--listen", "127.0.0.1:0", "--no-reflection"].map(OsString::from),
+            logs.path(),
+            RUN_LIMIT,
+        )
+        .await
+        .expect("a merger starts");
+    let channel = health::connect(quiet.addr).await.expect("connects");
+    let status = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(Vec::new()))
+        .await
+        .expect_err("no reflection");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
 }

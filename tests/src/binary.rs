@@ -1,13 +1,16 @@
-//! The `fanout` binary under test, and one-shot runs of it (`fanout index`,
-//! `fanout eval`) that must finish within a time limit.
+//! The `fanout` binary under test: one-shot runs of it (`fanout index`,
+//! `fanout eval`) that must finish within a time limit, and its long-running
+//! services (leaf, merger, root, `up`), started through fanout-cluster's
+//! launcher.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use fanout_cluster::{ChildOutput, ClusterProcess, Launcher, Role};
 
 /// The binary plus the folder where tests keep caches and logs.
 #[derive(Debug, Clone)]
@@ -78,6 +81,44 @@ impl FanoutBinary {
         command
     }
 
+    /// How the harness starts the binary's services (fanout-cluster's
+    /// launcher): each child's output in `<log_dir>/<label>.log`, without
+    /// colour codes, no `FANOUT_*` variable inherited (see
+    /// [`command`](Self::command)), and the children in the test's process
+    /// group, so that a Ctrl-C that ends the test run ends them too.
+    pub fn launcher(&self, log_dir: &Path) -> Launcher {
+        Launcher {
+            env: vec![(OsString::from("NO_COLOR"), OsString::from("1"))],
+            own_process_group: false,
+            ..Launcher::new(
+                self.path.clone(),
+                "text",
+                ChildOutput::Files {
+                    dir: log_dir.to_owned(),
+                },
+            )
+        }
+    }
+
+    /// Starts `fanout <role> <args>` on its own (not in a
+    /// [`TestCluster`](crate::TestCluster)) with its log in `log_dir`, and
+    /// waits at most `limit` for its announce line, and for its metrics line
+    /// too when `args` ask for a metrics endpoint. Dropping it kills it.
+    pub async fn start(
+        &self,
+        role: Role,
+        args: &[OsString],
+        log_dir: &Path,
+        limit: Duration,
+    ) -> anyhow::Result<ClusterProcess> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let process = self.launcher(log_dir).start(role, args, deadline).await?;
+        if asks_for_metrics(args) {
+            process.wait_for_metrics_addr(deadline).await?;
+        }
+        Ok(process)
+    }
+
     /// Runs `fanout <args>` to completion, killing it after `limit`. Blocks the
     /// calling thread (call it from `spawn_blocking` where that matters).
     pub fn run<I, S>(&self, args: I, limit: Duration) -> anyhow::Result<CommandOutput>
@@ -89,6 +130,13 @@ impl FanoutBinary {
         command.args(args);
         run_bounded(command, limit)
     }
+}
+
+/// Whether a service started with `args` announces a metrics endpoint:
+/// `--metrics-listen` (root, leaf) or `--metrics` (`up`, for its root's).
+pub(crate) fn asks_for_metrics(args: &[OsString]) -> bool {
+    args.iter()
+        .any(|arg| arg == "--metrics-listen" || arg == "--metrics")
 }
 
 /// Runs a command with piped stdout and stderr, killing it after `limit`.

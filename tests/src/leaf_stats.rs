@@ -9,7 +9,7 @@ use fanout_leaf::service::{LEAF_STATS_METADATA, LeafStats};
 use fanout_proto::v1::InfoRequest;
 use fanout_proto::v1::leaf_client::LeafClient;
 
-use crate::health;
+use fanout_cluster::health;
 
 /// The counts of the leaf at `addr`, now.
 pub async fn leaf_stats(addr: SocketAddr) -> anyhow::Result<LeafStats> {

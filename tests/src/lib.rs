@@ -7,51 +7,71 @@
 //! its path over as `CARGO_BIN_EXE_fanout`. A test gets hold of it with
 //! [`fanout_binary!`].
 //!
+//! Every long-running process (leaf, merger, root, `fanout up` itself) is
+//! started through the `fanout-cluster` crate, the same launcher as `fanout
+//! up` and `fanout loadgen scenario` use: [`ClusterProcess`] is a test's
+//! handle on one (its addresses, signals, whether it exited, its log).
+//!
 //! Modules:
 //! - [`binary`]: [`FanoutBinary`], the binary under test: runs one-shot
-//!   subcommands (`index`, `eval`) to completion, bounded in time.
+//!   subcommands (`index`, `eval`) to completion, bounded in time, and starts
+//!   one service on its own ([`FanoutBinary::start`]) with fanout-cluster's
+//!   launcher, its log in a file.
+//! - [`test_cluster`]: [`TestCluster`], S x R leaves, a merger and a root,
+//!   all healthy before the test starts, all killed on drop, each process's
+//!   log tail printed when a test fails; [`start_cluster`] and [`search`],
+//!   what every test of a cluster starts with and calls.
 //! - [`scratch`]: [`ScratchDir`], a folder for logs and small files, removed on
 //!   drop unless the test failed.
-//! - [`child_process`]: [`ChildProcess`], one long-running `fanout` service:
-//!   reads its announce line, keeps its stderr in a log, SIGKILLed on drop.
-//! - [`health`]: `grpc.health.v1` checks and [`wait_until_serving`].
 //! - [`index_fixture`]: [`IndexFixture`], shard indexes built once with
 //!   `fanout index` and cached on disk for every test binary to share.
-//! - [`cluster`]: [`Cluster`], S x R leaves, a merger and a root, all healthy
-//!   before the test starts, all killed on drop.
+//! - [`health`]: `grpc.health.v1` checks (fanout-cluster's): [`health::connect`],
+//!   [`health_status`], [`wait_for_status`], [`wait_until_serving`].
 //! - [`leaf_stats`]: a leaf's own call counts (`fanout-leaf-stats`), asked directly.
 //! - [`metrics`]: `GET /metrics` over a raw socket and a parser of the
 //!   Prometheus text format, to compare a service's counts with what a test
 //!   saw.
 //! - [`beir`]: BEIR relevance collections (SciFact): judged queries and qrels.
 //! - [`ndcg`]: nDCG@k with graded gains and a log2 discount.
+//! - [`compose`]: the fanout image (and the Python one of
+//!   `deploy/build-python-images`) and compose projects of
+//!   `deploy/compose/*.yml`, removed on drop, for the tests across
+//!   containers (skipped, with the reason, without Docker).
+//! - [`open_loop`]: [`open_loop::OpenLoop`], searches at a fixed rate with
+//!   every outcome kept by send time, cut into phases by [`open_loop::PhaseStats`].
 //! - [`processes`]: children and liveness of pids, from `/proc`.
+//! - [`python`]: fanout's Python services (`python/fanout_py`) as processes,
+//!   and the interpreter the tests use.
 //! - [`time_limit`]: [`within`], so that no await in a test can hang.
 
 pub mod beir;
 pub mod binary;
-pub mod child_process;
-pub mod cluster;
-pub mod health;
+pub mod compose;
 pub mod index_fixture;
 pub mod leaf_stats;
 pub mod metrics;
 pub mod ndcg;
+pub mod open_loop;
 pub mod processes;
+pub mod python;
 pub mod scratch;
+pub mod test_cluster;
 pub mod time_limit;
 
 use std::path::PathBuf;
 
 pub use beir::{BeirQuery, Qrels};
 pub use binary::{CommandOutput, FanoutBinary};
-pub use child_process::ChildProcess;
-pub use cluster::{Cluster, ClusterOptions, MergerPlacement};
-pub use health::{health_status, wait_for_status, wait_until_serving};
+pub use fanout_cluster::health::{self, health_status, wait_for_status};
+pub use fanout_cluster::{
+    ClusterProcess, LEAF_SERVICE_NAME, MERGER_SERVICE_NAME, Role, SEARCH_SERVICE_NAME,
+    wait_until_serving,
+};
 pub use index_fixture::{CorpusSpec, IndexFixture};
 pub use leaf_stats::leaf_stats;
 pub use ndcg::ndcg_at_k;
 pub use scratch::ScratchDir;
+pub use test_cluster::{ClusterOptions, MergerPlacement, TestCluster, search, start_cluster};
 pub use time_limit::within;
 
 /// The workspace root (where `data/`, `proto/` and `Cargo.lock` are).

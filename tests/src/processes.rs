@@ -33,3 +33,26 @@ pub fn is_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The command line of `pid`, its arguments split (from /proc).
+pub fn command_line(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| {
+            bytes
+                .split(|byte| *byte == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The first child of `parent` running the fanout subcommand `role`
+/// (`leaf`, `merger`, `root`).
+pub fn child_running(parent: u32, role: &str) -> Option<u32> {
+    children_of(parent).into_iter().find(|pid| {
+        command_line(*pid)
+            .get(1)
+            .is_some_and(|subcommand| subcommand == role)
+    })
+}
