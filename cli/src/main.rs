@@ -31,6 +31,28 @@ pub struct Cli {
     )]
     log_format: cmd::LogFormatArg,
 
+    /// Export the spans of root, leaf, merger and search over OTLP/gRPC to
+    /// this collector (http://host:4317); off when unset. `fanout up`
+    /// passes it to the processes it starts.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
+    otlp_endpoint: Option<String>,
+
+    /// The share of new traces kept, 0 to 1 (parent-based: a caller's
+    /// sampled traceparent is always obeyed); default: as
+    /// OTEL_TRACES_SAMPLER says, else every trace.
+    #[arg(
+        long,
+        global = true,
+        value_name = "RATIO",
+        env = "FANOUT_TRACE_SAMPLE_RATIO"
+    )]
+    trace_sample_ratio: Option<f64>,
+
     #[command(subcommand)]
     command: cmd::Command,
 }
@@ -48,6 +70,26 @@ fn main() -> ExitCode {
             };
         }
     };
+    let role = cli.command.traced_role();
+    let traces = fanout_runtime::telemetry::TraceSettings {
+        otlp_endpoint: cli
+            .otlp_endpoint
+            .clone()
+            .filter(|endpoint| !endpoint.is_empty()),
+        sample_ratio: cli.trace_sample_ratio,
+        service_name: format!("fanout-{}", role.unwrap_or("cli")),
+        role: role.unwrap_or("cli").to_owned(),
+    };
+    // Only the services and the search client make spans worth sending;
+    // `up` passes the settings on to the processes it starts.
+    let exported = fanout_runtime::telemetry::TraceSettings {
+        otlp_endpoint: role.and(traces.otlp_endpoint.clone()),
+        ..traces.clone()
+    };
+    if let Err(error) = traces.validate() {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_BAD_CONFIGURATION);
+    }
     let validated = match cli.command.validate() {
         Ok(validated) => validated,
         Err(error) => {
@@ -56,7 +98,6 @@ fn main() -> ExitCode {
         }
     };
 
-    fanout_runtime::telemetry::init(cli.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,7 +108,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(validated.run(cli.log_format));
+    // The OTLP exporter's channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        fanout_runtime::telemetry::init(cli.log_format.into(), &exported)
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIGURATION);
+        }
+    };
+    let outcome = runtime.block_on(validated.run(cli.log_format, &traces));
+    telemetry.shutdown();
     // Blocking work still running (an index build interrupted by Ctrl-C) must
     // not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(500));

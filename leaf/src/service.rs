@@ -253,7 +253,8 @@ impl LeafService {
         self.admit(&call)?;
         let (payload, timings) = match work {
             Work::Search(search) => {
-                self.run_on_pool(&call, move |shard, is_cancelled| {
+                let span = |parent: &tracing::Span| tracing::debug_span!(parent: parent, "search");
+                self.run_on_pool(&call, span, move |shard, is_cancelled| {
                     shard
                         .search(&search, is_cancelled)
                         .map(|response| pack(&response))
@@ -261,7 +262,9 @@ impl LeafService {
                 .await?
             }
             Work::Fetch(fetch) => {
-                self.run_on_pool(&call, move |shard, is_cancelled| {
+                let hits = fetch.hits.len();
+                let span = move |parent: &tracing::Span| tracing::debug_span!(parent: parent, "fetch", hits);
+                self.run_on_pool(&call, span, move |shard, is_cancelled| {
                     shard
                         .fetch(&fetch, is_cancelled)
                         .map(|response| pack(&response))
@@ -343,24 +346,32 @@ impl LeafService {
         Ok(())
     }
 
-    /// Runs `work` on the search pool and measures it. Work still queued at
-    /// the call's deadline is not started; running work sees the deadline as
-    /// a cancellation.
-    async fn run_on_pool<F>(
+    /// Runs `work` on the search pool and measures it: its wait in the
+    /// pool's queue is a `queue_wait` span, the work itself the span `span`
+    /// makes (`search` or `fetch`) when it starts. Work still queued at the
+    /// call's deadline is not started; running work sees the deadline as a
+    /// cancellation.
+    async fn run_on_pool<F, S>(
         &self,
         call: &CallContext,
+        span: S,
         work: F,
     ) -> Result<(Any, WorkTimings), LeafError>
     where
         F: FnOnce(&ShardSearcher, &dyn Fn() -> bool) -> Result<Any, LeafError> + Send + 'static,
+        S: FnOnce(&tracing::Span) -> tracing::Span + Send + 'static,
     {
         let shard = Arc::clone(&self.shard);
         let service_micros = Arc::clone(&self.service_micros);
         let arrived = call.arrived;
         let deadline = call.deadline;
+        let parent = tracing::Span::current();
+        let queue_wait = tracing::debug_span!("queue_wait", depth = call.queue_depth);
         let outcome = self
             .pool
             .run(move |cancellation| {
+                drop(queue_wait);
+                let _span = span(&parent).entered();
                 let started = Instant::now();
                 let queued = started.duration_since(arrived);
                 if deadline.is_some_and(|deadline| started >= deadline) {
@@ -499,7 +510,7 @@ impl Leaf for LeafService {
             deadline: timeout.and_then(|timeout| arrived.checked_add(timeout)),
             queue_depth: in_flight.depth_at_arrival,
         };
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let is_search = request
             .payload
             .as_ref()
@@ -514,11 +525,14 @@ impl Leaf for LeafService {
             .unwrap_or_default();
         let span = tracing::debug_span!(
             "execute",
-            request_id = %fanout_proto::status::quote(&request.request_id),
+            request_id = %fanout_proto::status::plain_or_quoted(&request.request_id),
             attempt = request.attempt,
             shard = request.shard_id,
             payload = %payload_type,
+            trace_id = tracing::field::Empty,
+            otel.kind = "server",
         );
+        fanout_runtime::trace_context::adopt_caller(&span, &metadata);
         let result = self
             .execute_payload(request, call)
             .instrument(span.clone())

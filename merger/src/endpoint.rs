@@ -279,6 +279,7 @@ impl RemoteSession {
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
+        fanout_runtime::trace_context::inject_current(request.metadata_mut());
         let response = within_deadline(deadline, client.merge(request)).await??;
         Ok(RemoteSession {
             inputs,

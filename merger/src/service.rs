@@ -37,6 +37,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::error::MergerError;
 use crate::merge::{Merge, MergeState, Progress};
@@ -177,15 +178,26 @@ impl Merger for MergerService {
             .into());
         }
         let timeout = timeout.unwrap_or(self.limits.max_session_time);
+        // The session's span, from the call to the end of its stream; each
+        // input an event in it.
+        let span = tracing::debug_span!(
+            "merge_session",
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.kind = "server",
+        );
+        fanout_runtime::trace_context::adopt_caller(&span, request.metadata());
         let call = MergeCall {
             merge: Arc::clone(&self.merge),
             inputs: request.into_inner(),
             deadline: Some(Instant::now() + timeout),
             phase: Phase::AwaitingStart,
+            span,
             _session: session,
         };
         let outputs = futures::stream::unfold(call, |mut call| async move {
-            let output = call.next_output().await?;
+            let span = call.span.clone();
+            let output = call.next_output().instrument(span).await?;
             Some((output, call))
         });
         Ok(Response::new(Box::pin(outputs)))
@@ -198,6 +210,7 @@ struct MergeCall {
     inputs: Streaming<MergeInput>,
     deadline: Option<Instant>,
     phase: Phase,
+    span: tracing::Span,
     _session: OpenSession,
 }
 
@@ -220,8 +233,9 @@ impl MergeCall {
             match self.phase {
                 Phase::Done => return None,
                 Phase::Answered => {
+                    let next = self.next_input().await;
                     self.phase = Phase::Done;
-                    return match self.next_input().await {
+                    return match next {
                         Ok(_) => Some(Err(MergerError::InputAfterEnd.into())),
                         // The input ended (or broke): the call is over.
                         Err(_) => None,
@@ -255,7 +269,10 @@ impl MergeCall {
             Ok(Some(MergeInput { kind: Some(kind) })) => Ok(kind),
             Ok(Some(MergeInput { kind: None })) => Err(MergerError::InputWithoutKind),
             Ok(None) => {
-                tracing::debug!("merge input ended before end; the client went away");
+                // After the result, the input's end is the call's normal end.
+                if !matches!(self.phase, Phase::Answered) {
+                    tracing::debug!("merge input ended before end; the client went away");
+                }
                 Err(MergerError::InputEndedBeforeEnd)
             }
             Err(status) => {
@@ -270,6 +287,10 @@ impl MergeCall {
         let phase = std::mem::replace(&mut self.phase, Phase::Done);
         match (phase, kind) {
             (Phase::AwaitingStart, InputKind::Start(start)) => {
+                self.span.record(
+                    "request_id",
+                    fanout_proto::status::plain_or_quoted(&start.request_id).as_ref(),
+                );
                 tracing::debug!(
                     request_id = %start.request_id,
                     shard_count = start.shard_count,
@@ -291,6 +312,7 @@ impl MergeCall {
                 },
                 InputKind::Partial(partial),
             ) => {
+                tracing::debug!(shard_id = partial.shard_id, "partial");
                 let progress = state.add(partial)?;
                 let enough = match progress {
                     Progress::Enough(reason) if !enough_sent => Some(reason),
@@ -305,6 +327,7 @@ impl MergeCall {
                 }))
             }
             (Phase::Merging { state, .. }, InputKind::End(end)) => {
+                tracing::debug!("end");
                 let payload = state.finish(end)?;
                 self.phase = Phase::Answered;
                 Ok(Some(MergeOutput {

@@ -34,6 +34,27 @@ pub fn quote(input: &str) -> String {
     }
 }
 
+/// `input` as it is when it is short printable ASCII (a request id, as the
+/// root makes them), so that logs and spans of every process show the same
+/// value to search for; [`quote`]d otherwise, so that no caller's text can
+/// forge a log line.
+///
+/// ```
+/// use fanout_proto::status::plain_or_quoted;
+/// assert_eq!(plain_or_quoted("r-12ab"), "r-12ab");
+/// assert_eq!(plain_or_quoted("a\nb"), "\"a\\nb\"");
+/// ```
+pub fn plain_or_quoted(input: &str) -> std::borrow::Cow<'_, str> {
+    let plain = input.len() <= 128
+        && !input.is_empty()
+        && input.bytes().all(|byte| byte.is_ascii_graphic());
+    if plain {
+        std::borrow::Cow::Borrowed(input)
+    } else {
+        std::borrow::Cow::Owned(quote(input))
+    }
+}
+
 /// Whether tonic ended a call because its own timeout expired: it reports
 /// that as CANCELLED "Timeout expired" (a `tonic::TimeoutExpired` in the
 /// error chain), which a caller must see as DEADLINE_EXCEEDED.

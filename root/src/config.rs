@@ -61,6 +61,9 @@ pub struct RootConfig {
     pub default_timeout: Duration,
     /// Kept back from every deadline to answer the caller in (5 ms).
     pub deadline_margin: Duration,
+    /// A request that takes this long is logged at WARN with its shards'
+    /// timings (1 s); `None`: never.
+    pub slow_request: Option<Duration>,
     pub drain: DrainOptions,
     /// Hedging and the budget of hedges and retries.
     pub hedge: HedgeSettings,
@@ -90,6 +93,7 @@ impl RootConfig {
             merger_fallback: false,
             default_timeout: DEFAULT_TIMEOUT,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
+            slow_request: crate::request_log::RequestLog::default().slow_threshold,
             drain: DrainOptions::default(),
             hedge: HedgeSettings::default(),
             query_limits: QueryLimits::DEFAULT,

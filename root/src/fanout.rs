@@ -13,6 +13,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tonic::Code;
+use tracing::Instrument;
 
 use std::sync::Arc;
 
@@ -110,7 +111,11 @@ pub async fn fan_out_and_merge(
         timeout_micros: remaining.as_micros().max(1) as u64,
         request_id: request_id.to_owned(),
     };
-    let open = merger.open(start, Some(remaining));
+    // The merge from its start to its result, each partial an event in it.
+    let merge_span = tracing::debug_span!("merge", shard_count, otel.kind = "client");
+    let open = merger
+        .open(start, Some(remaining))
+        .instrument(merge_span.clone());
     let mut session = match tokio::time::timeout_at(deadline.deadline, open).await {
         Ok(Ok(session)) => session,
         Ok(Err(status)) => return Err(RequestError::Merger(status)),
@@ -141,6 +146,7 @@ pub async fn fan_out_and_merge(
                 counters,
                 fingerprint,
                 hedge_gate: (shard_count > 1).then_some(&hedge_gate),
+                phase: ShardPhase::FanOut,
             };
             async move { (replica_set.shard_id, calls.call(request).await) }
         })
@@ -183,7 +189,8 @@ pub async fn fan_out_and_merge(
                 let Some(partial) = progress.record_answer(shards, shard_id, answer) else {
                     continue;
                 };
-                let added = session.add_partial(partial);
+                tracing::debug!(parent: &merge_span, shard_id, "partial");
+                let added = session.add_partial(partial).instrument(merge_span.clone());
                 match tokio::time::timeout_at(deadline.deadline, added).await {
                     Ok(Ok(())) => {}
                     Ok(Err(status)) => return Err(RequestError::Merger(status)),
@@ -215,7 +222,8 @@ pub async fn fan_out_and_merge(
     let end = MergeEnd {
         coverage: Some(coverage.clone()),
     };
-    let merged = match tokio::time::timeout_at(deadline.deadline, session.finish(end)).await {
+    let finish = session.finish(end).instrument(merge_span.clone());
+    let merged = match tokio::time::timeout_at(deadline.deadline, finish).await {
         Ok(Ok(merged)) => merged,
         Ok(Err(status)) => return Err(RequestError::Merger(status)),
         Err(_) => {

@@ -152,6 +152,7 @@ pub async fn fetch_hits(
                 fingerprint,
                 // Phase one answered: the request does not kill leaves.
                 hedge_gate: None,
+                phase: ShardPhase::Fetch,
             };
             async move { (replica_set.shard_id, *positions, calls.call(request).await) }
         })

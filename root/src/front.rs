@@ -30,6 +30,8 @@ pub struct Front {
     pub metrics: std::sync::Arc<RootMetrics>,
     /// Bearer tokens, when the root asks for them.
     pub auth: Option<std::sync::Arc<Authenticator>>,
+    /// The line logged for each request.
+    pub request_log: crate::request_log::RequestLog,
 }
 
 impl Front {

@@ -28,7 +28,8 @@
 //! - `fanout`: scatter to every shard and stream the answers into the merge;
 //!   `fetch`: phase two of a search, the stored fields of the winners.
 //! - `metrics`: the root's Prometheus metrics, read from the parts;
-//!   `front`: what every public request meets (admission, rules, metrics).
+//!   `front`: what every public request meets (admission, rules, metrics);
+//!   `request_log`: the one log line per request (WARN when slow).
 //! - `search` (`fanout.search.v1.Search`: validation and the two phases),
 //!   `query` (the generic `fanout.v1.Root/Query`).
 //! - `server`: [`RootServer`], which builds the parts and serves.
@@ -50,6 +51,7 @@ mod policy;
 mod query;
 mod replica;
 mod request_id;
+mod request_log;
 mod search;
 mod selector;
 mod server;

@@ -118,20 +118,36 @@ impl Root for QueryService {
             .as_ref()
             .map(|payload| fanout_proto::status::quote(&payload.type_url))
             .unwrap_or_default();
-        let span = tracing::info_span!("query", request_id = %request_id, payload = %type_url);
+        let span = tracing::info_span!(
+            "query",
+            request_id = %request_id,
+            payload = %type_url,
+            trace_id = tracing::field::Empty,
+            otel.kind = "server",
+        );
+        fanout_runtime::trace_context::adopt_caller(&span, request.metadata());
         let result = self
             .fan_out_query(started_at, &request_id, request)
             .instrument(span.clone())
             .await;
+        let log = &self.front.request_log;
         match result {
             Ok(response) => {
                 permit.finish(Code::Ok);
                 timer.finish(Code::Ok);
+                let coverage = response.coverage.as_ref();
+                log.answered(
+                    &span,
+                    "query",
+                    coverage,
+                    &response.shards,
+                    started_at.elapsed(),
+                );
                 Ok(Response::new(response))
             }
             Err(error) => {
-                tracing::info!(parent: &span, %error, "query failed");
                 let status = Status::from(error);
+                log.failed(&span, "query", &status, started_at.elapsed());
                 permit.finish(status.code());
                 timer.finish(status.code());
                 Err(status)

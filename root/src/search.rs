@@ -207,6 +207,7 @@ impl SearchService {
             &mut coverage,
             &mut timings,
         )
+        .instrument(tracing::debug_span!("fetch"))
         .await?;
         Ok(SearchResponse {
             hits,
@@ -253,20 +254,35 @@ impl Search for SearchService {
             }
         };
         let request_id = request_id_for(request.metadata());
-        let span = tracing::info_span!("search", request_id = %request_id);
+        let span = tracing::info_span!(
+            "search",
+            request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            otel.kind = "server",
+        );
+        fanout_runtime::trace_context::adopt_caller(&span, request.metadata());
         let result = self
             .search_in_two_phases(started_at, &request_id, request)
             .instrument(span.clone())
             .await;
+        let log = &self.front.request_log;
         match result {
             Ok(response) => {
                 permit.finish(Code::Ok);
                 timer.finish(Code::Ok);
+                let coverage = response.coverage.as_ref();
+                log.answered(
+                    &span,
+                    "search",
+                    coverage,
+                    &response.shards,
+                    started_at.elapsed(),
+                );
                 Ok(Response::new(response))
             }
             Err(error) => {
-                tracing::info!(parent: &span, %error, "search failed");
                 let status = Status::from(error);
+                log.failed(&span, "search", &status, started_at.elapsed());
                 permit.finish(status.code());
                 timer.finish(status.code());
                 Err(status)

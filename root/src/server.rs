@@ -179,6 +179,9 @@ impl RootServer {
                 admission,
                 metrics,
                 auth: config.auth.clone(),
+                request_log: crate::request_log::RequestLog {
+                    slow_threshold: config.slow_request,
+                },
             }),
             drain: config.drain,
             transport: ServerTransport::default(),

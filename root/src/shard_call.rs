@@ -281,6 +281,19 @@ pub enum ShardCallOutcome {
     RequestOfDeath(String),
 }
 
+impl ShardCallOutcome {
+    /// As a `shard_call` span's `outcome`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ShardCallOutcome::Answered(_) => "answered",
+            ShardCallOutcome::Failed(_) => "failed",
+            ShardCallOutcome::TimedOut => "timed_out",
+            ShardCallOutcome::Rejected(_) => "rejected",
+            ShardCallOutcome::RequestOfDeath(_) => "request_of_death",
+        }
+    }
+}
+
 pub(crate) enum AttemptError {
     TimedOut,
     /// The connection broke during the call: maybe the replica died.
@@ -297,11 +310,52 @@ pub(crate) enum AttemptKind {
     Retry,
 }
 
+impl AttemptKind {
+    /// As an attempt span's `kind`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AttemptKind::Primary => "primary",
+            AttemptKind::Hedge => "hedge",
+            AttemptKind::Retry => "retry",
+        }
+    }
+}
+
 /// The attempts of one shard call, in the order they were sent.
 struct Attempts<'a> {
     recorders: Vec<Option<AttemptRecorder<'a>>>,
     kinds: Vec<AttemptKind>,
     tried: Vec<usize>,
+    /// Each attempt's span (disabled unless spans are exported), and
+    /// whether its `outcome` is recorded; those still open when the shard
+    /// call ends were cancelled.
+    spans: Vec<(tracing::Span, bool)>,
+}
+
+impl Attempts<'_> {
+    /// Records how attempt `index` ended: `won`, `lost` (overtaken by a
+    /// later attempt's answer), `failed`, `rejected`, `timed_out`.
+    fn close_span(&mut self, index: usize, outcome: &'static str, code: Option<Code>) {
+        if let Some((span, closed)) = self.spans.get_mut(index)
+            && !*closed
+        {
+            *closed = true;
+            span.record("outcome", outcome);
+            if let Some(code) = code {
+                span.record("code", fanout_proto::status::code_name(code));
+            }
+        }
+    }
+}
+
+impl Drop for Attempts<'_> {
+    fn drop(&mut self) {
+        for (span, closed) in &self.spans {
+            if !*closed {
+                span.record("outcome", "cancelled");
+            }
+        }
+    }
 }
 
 /// Calls the shard, hedging and failing over between its replicas.
@@ -349,6 +403,7 @@ where
         request_id: request_id.to_owned(),
     });
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    fanout_runtime::trace_context::inject_current(request.metadata_mut());
     let call = execute(request);
     async move {
         match tokio::time::timeout_at(deadline, call).await {
@@ -388,7 +443,9 @@ where
         recorders: Vec::with_capacity(replica_count),
         kinds: Vec::with_capacity(replica_count),
         tried: Vec::with_capacity(replica_count),
+        spans: Vec::with_capacity(replica_count),
     };
+    let hedge_delay_ms = hedge_delay.map(|delay| delay.as_secs_f64() * 1e3);
     let mut in_flight = FuturesUnordered::new();
     let mut last_failure: Option<Status> = None;
     // A non-retryable failure stops new attempts (those running may still win).
@@ -414,15 +471,29 @@ where
             .push(Some(selector.begin_attempt(members, replica_index)));
         counters.attempt_sent(kind);
         let replica = &members[replica_index];
-        let span = tracing::debug_span!("shard_attempt", shard_id, attempt, ?kind, replica = %replica.address);
-        let call = self::attempt(
+        let span = tracing::debug_span!(
+            "shard_attempt",
             shard_id,
-            payload,
-            request_id,
             attempt,
-            deadline,
-            move |request| execute(replica_index, request),
+            kind = kind.name(),
+            replica = %replica.address,
+            hedge_delay_ms,
+            outcome = tracing::field::Empty,
+            code = tracing::field::Empty,
+            otel.kind = "client",
         );
+        attempts.spans.push((span.clone(), false));
+        // Built in the span, so that its context goes into the metadata.
+        let call = span.in_scope(|| {
+            self::attempt(
+                shard_id,
+                payload,
+                request_id,
+                attempt,
+                deadline,
+                move |request| execute(replica_index, request),
+            )
+        });
         async move { (attempt, call.await) }.instrument(span)
     };
     in_flight.push(send(&mut attempts, primary, AttemptKind::Primary));
@@ -512,12 +583,15 @@ where
                     Ok(response) => {
                         let started_at = recorder.started_at();
                         recorder.succeeded();
+                        attempts.close_span(index, "won", None);
                         // Attempts started before this one were overtaken.
-                        for other in attempts.recorders.iter_mut() {
+                        for other_index in 0..attempts.recorders.len() {
+                            let other = &mut attempts.recorders[other_index];
                             if other.as_ref().is_some_and(|other| other.started_at() < started_at)
                                 && let Some(other) = other.take()
                             {
                                 other.failed(AttemptFailure::Overtaken);
+                                attempts.close_span(other_index, "lost", None);
                             }
                         }
                         if attempts.kinds[index] == AttemptKind::Hedge {
@@ -537,6 +611,7 @@ where
                 match classify(&status, deadline) {
                     AttemptError::TimedOut => {
                         recorder.failed(AttemptFailure::TimedOut);
+                        attempts.close_span(index, "timed_out", Some(code));
                         return ShardCallOutcome::TimedOut;
                     }
                     AttemptError::ConnectionLost => {
@@ -555,10 +630,12 @@ where
                             lost_calls.push(lost);
                         }
                         recorder.failed(AttemptFailure::Retryable);
+                        attempts.close_span(index, "failed", Some(code));
                         last_failure = Some(failure);
                     }
                     AttemptError::Retryable => {
                         recorder.failed(AttemptFailure::Retryable);
+                        attempts.close_span(index, "failed", Some(code));
                         tracing::debug!(shard_id, attempt, ?code, message, "attempt failed; retryable");
                         last_failure = Some(if is_transport_failure(&status) {
                             transport_failure_status(&members[replica_index].address, &status)
@@ -568,11 +645,13 @@ where
                     }
                     AttemptError::RequestRejected => {
                         recorder.failed(AttemptFailure::Answered);
+                        attempts.close_span(index, "rejected", Some(code));
                         tracing::debug!(shard_id, attempt, ?code, message, "the leaf rejected the request");
                         return ShardCallOutcome::Rejected(status);
                     }
                     AttemptError::ShardFailed => {
                         recorder.failed(AttemptFailure::Answered);
+                        attempts.close_span(index, "failed", Some(code));
                         tracing::debug!(shard_id, attempt, ?code, message, "attempt failed; not retryable");
                         if in_flight.is_empty() {
                             return ShardCallOutcome::Failed(status);
@@ -601,8 +680,11 @@ where
                 next_hedge_at = hedge_delay.map(|delay| Instant::now() + delay);
             }
             () = tokio::time::sleep_until(deadline) => {
-                for recorder in attempts.recorders.iter_mut().filter_map(Option::take) {
-                    recorder.failed(AttemptFailure::TimedOut);
+                for index in 0..attempts.recorders.len() {
+                    if let Some(recorder) = attempts.recorders[index].take() {
+                        recorder.failed(AttemptFailure::TimedOut);
+                        attempts.close_span(index, "timed_out", None);
+                    }
                 }
                 return ShardCallOutcome::TimedOut;
             }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use fanout_proto::Any;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::baselines::tower_hedge::TowerHedges;
 use crate::crash::{CrashSettings, CrashWatch, Fingerprint};
@@ -58,6 +59,8 @@ pub struct ShardRequest<'a> {
     pub counters: &'a ShardCallCounters,
     pub fingerprint: Fingerprint,
     pub hedge_gate: Option<&'a HedgeGate>,
+    /// Which phase of the request this call belongs to (its span's `phase`).
+    pub phase: ShardPhase,
 }
 
 /// The shard caller and what it shares between requests.
@@ -104,8 +107,21 @@ impl ShardCalls {
         ShardCallCounters::reporting_to(self.metrics.get(shard).map(|phases| phases[index].clone()))
     }
 
-    /// Makes one shard call, through the caller chosen at start-up.
+    /// Makes one shard call, through the caller chosen at start-up, in a
+    /// `shard_call` span (the parent of its attempts' spans).
     pub async fn call(&self, request: ShardRequest<'_>) -> ShardCallOutcome {
+        let span = tracing::debug_span!(
+            "shard_call",
+            shard_id = request.replica_set.shard_id,
+            phase = request.phase.label(),
+            outcome = tracing::field::Empty,
+        );
+        let outcome = self.call_in_span(request).instrument(span.clone()).await;
+        span.record("outcome", outcome.name());
+        outcome
+    }
+
+    async fn call_in_span(&self, request: ShardRequest<'_>) -> ShardCallOutcome {
         let policy = request.requested_policy.unwrap_or(self.hedge.policy);
         let members = request.replica_set.members();
         let preferred_replica = request.preferred_replica.and_then(|preferred| {

@@ -87,6 +87,18 @@ pub enum Validated {
 
 impl Command {
     /// Checks the configuration without starting anything.
+    /// The role whose spans are exported when an OTLP endpoint is given:
+    /// the three services (`fanout search --trace` forces sampling with a
+    /// traceparent, without spans of its own).
+    pub fn traced_role(&self) -> Option<&'static str> {
+        match self {
+            Command::Leaf(_) => Some("leaf"),
+            Command::Merger(_) => Some("merger"),
+            Command::Root(_) => Some("root"),
+            _ => None,
+        }
+    }
+
     pub fn validate(self) -> anyhow::Result<Validated> {
         Ok(match self {
             Command::Index(args) => Validated::Index(args.validate()?),
@@ -106,13 +118,17 @@ impl Command {
 
 impl Validated {
     /// Runs the command; `log_format` is passed on to child processes.
-    pub async fn run(self, log_format: LogFormatArg) -> anyhow::Result<ExitCode> {
+    pub async fn run(
+        self,
+        log_format: LogFormatArg,
+        traces: &fanout_runtime::telemetry::TraceSettings,
+    ) -> anyhow::Result<ExitCode> {
         match self {
             Validated::Index(plan) => index::run(plan).await,
             Validated::Leaf(plan) => leaf::run(plan).await,
             Validated::Merger(plan) => merger::run(plan).await,
             Validated::Root(plan) => root::run(plan).await,
-            Validated::Up(plan) => up::run(plan, log_format).await,
+            Validated::Up(plan) => up::run(plan, log_format, traces).await,
             Validated::Search(args) => search::run(args).await,
             Validated::Eval(plan) => eval::run(plan).await,
             Validated::Health(plan) => health::run(plan).await,

@@ -64,6 +64,10 @@ pub struct RootArgs {
     #[arg(long, default_value_t = 10_000, env = "FANOUT_DEFAULT_TIMEOUT_MS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub default_timeout_ms: u64,
+    /// Log a request that takes at least this long at WARN, with every
+    /// shard's timing (the others get one INFO line each); 0: never.
+    #[arg(long, default_value_t = 1000, env = "FANOUT_SLOW_REQUEST_MS")]
+    pub slow_request_ms: u64,
     /// On shutdown, report NOT_SERVING this long before refusing new calls.
     #[arg(long, default_value_t = 0, env = "FANOUT_DRAIN_DELAY_MS")]
     pub drain_delay_ms: u64,
@@ -192,6 +196,8 @@ impl RootArgs {
             merger_fallback: self.merger_fallback == "embedded",
             default_timeout: Duration::from_millis(self.default_timeout_ms),
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
+            slow_request: (self.slow_request_ms > 0)
+                .then(|| Duration::from_millis(self.slow_request_ms)),
             drain: drain_options(self.drain_delay_ms),
             shard_caller: self.hedge.caller(),
             hedge: HedgeSettings {

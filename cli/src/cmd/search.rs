@@ -56,6 +56,10 @@ pub struct SearchArgs {
     /// by the variable than on the command line, where `ps` shows it).
     #[arg(long, env = "FANOUT_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
+    /// Force this request to be traced wherever it goes (a sampled W3C
+    /// traceparent of a new trace); its trace id is printed on stderr.
+    #[arg(long, env = "FANOUT_TRACE")]
+    pub trace: bool,
     #[command(flatten)]
     pub tls: super::ClientTlsArgs,
 }
@@ -146,6 +150,19 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
             .parse()
             .context("the token cannot travel as gRPC metadata")?;
         request.metadata_mut().insert("authorization", value);
+    }
+    if args.trace {
+        let traceparent = fanout_runtime::trace_context::new_sampled_traceparent();
+        if let Some(trace_id) = fanout_runtime::trace_context::trace_id_of_traceparent(&traceparent)
+        {
+            eprintln!("trace id: {trace_id}");
+        }
+        let value = traceparent
+            .parse()
+            .context("a traceparent is ASCII metadata")?;
+        request
+            .metadata_mut()
+            .insert(fanout_runtime::trace_context::TRACEPARENT, value);
     }
     let response = match client.search(request).await {
         Ok(response) => response.into_inner(),

@@ -139,7 +139,27 @@ fn resolve_in_workspace(path: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-pub async fn run(plan: UpPlan, log_format: LogFormatArg) -> anyhow::Result<ExitCode> {
+/// What tells the processes `up` starts to export their spans: the
+/// standard OTLP variable, and fanout's for the ratio (the launcher strips
+/// `up`'s own `FANOUT_*` variables and sets these after).
+fn trace_environment(
+    traces: &fanout_runtime::telemetry::TraceSettings,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env = Vec::new();
+    if let Some(endpoint) = &traces.otlp_endpoint {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.into()));
+    }
+    if let Some(ratio) = traces.sample_ratio {
+        env.push(("FANOUT_TRACE_SAMPLE_RATIO".into(), ratio.to_string().into()));
+    }
+    env
+}
+
+pub async fn run(
+    plan: UpPlan,
+    log_format: LogFormatArg,
+    traces: &fanout_runtime::telemetry::TraceSettings,
+) -> anyhow::Result<ExitCode> {
     let mut signals = StopSignals::register()?;
     if plan.listen.port() != 0 {
         // Fail now rather than after building the index and starting the leaves.
@@ -162,13 +182,14 @@ pub async fn run(plan: UpPlan, log_format: LogFormatArg) -> anyhow::Result<ExitC
         None => eprintln!("using the index in {}", ready.dir.display()),
     }
 
-    let launcher = Launcher::new(
+    let mut launcher = Launcher::new(
         current_executable()?,
         log_format.as_flag_value(),
         ChildOutput::Forward {
             prefix: log_format == LogFormatArg::Text,
         },
     );
+    launcher.env.extend(trace_environment(traces));
     let mut cluster = Cluster::default();
     let started = tokio::select! {
         started = start_cluster(&mut cluster, &launcher, &plan, &ready) => started,
