@@ -9,6 +9,9 @@
 //!   pointed at them, each waited for until `grpc.health.v1` says SERVING.
 //! - [`health`]: `grpc.health.v1` from the outside: one check, a wait for a
 //!   status, the wait for SERVING after a start.
+//! - [`otlp`]: an OTLP/gRPC trace receiver on loopback, for the tests of
+//!   traces and for benchmark scenarios that trace (it keeps or counts the
+//!   spans it gets, as a collector would receive them).
 //! - [`signals`]: the stop signals the parent must hear to stop its children.
 //! - [`supervise`]: the delays before a child that died is started again.
 //! - [`workspace`]: the workspace's bundled data and index cache.
@@ -17,6 +20,7 @@ pub mod certs;
 pub mod health;
 pub mod index;
 pub mod local;
+pub mod otlp;
 pub mod process;
 pub mod signals;
 pub mod supervise;

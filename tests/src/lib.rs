@@ -37,6 +37,8 @@
 //!   `deploy/build-python-images`) and compose projects of
 //!   `deploy/compose/*.yml`, removed on drop, for the tests across
 //!   containers (skipped, with the reason, without Docker).
+//! - [`otlp`]: fanout-cluster's [`otlp::OtlpReceiver`], an OTLP/gRPC trace
+//!   receiver on loopback that keeps the spans fanout's processes export.
 //! - [`open_loop`]: [`open_loop::OpenLoop`], searches at a fixed rate with
 //!   every outcome kept by send time, cut into phases by [`open_loop::PhaseStats`].
 //! - [`processes`]: children and liveness of pids, from `/proc`.
@@ -63,6 +65,7 @@ use std::path::PathBuf;
 pub use beir::{BeirQuery, Qrels};
 pub use binary::{CommandOutput, FanoutBinary};
 pub use fanout_cluster::health::{self, health_status, wait_for_status};
+pub use fanout_cluster::otlp;
 pub use fanout_cluster::{
     ClusterProcess, LEAF_SERVICE_NAME, MERGER_SERVICE_NAME, Role, SEARCH_SERVICE_NAME,
     wait_until_serving,

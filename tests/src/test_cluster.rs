@@ -68,6 +68,10 @@ pub struct ClusterOptions {
     pub leaf_args_for: Vec<(u32, u32, Vec<String>)>,
     /// More flags for the root.
     pub root_args: Vec<String>,
+    /// Set in every process's environment (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
+    /// Every process's `--log-format` (`text` unless set).
+    pub log_format: &'static str,
 }
 
 impl ClusterOptions {
@@ -92,7 +96,21 @@ impl ClusterOptions {
             leaf_args: Vec::new(),
             leaf_args_for: Vec::new(),
             root_args: Vec::new(),
+            env: Vec::new(),
+            log_format: "text",
         }
+    }
+
+    /// Sets `name=value` in every process's environment.
+    pub fn env(mut self, name: &str, value: &str) -> ClusterOptions {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// JSON log lines from every process.
+    pub fn json_logs(mut self) -> ClusterOptions {
+        self.log_format = "json";
+        self
     }
 
     /// Adds flags for the leaf serving `replica` of `shard` only.
@@ -165,7 +183,14 @@ impl TestCluster {
         };
         let index = ReadyIndex::open(&index_dir)?;
         let logs = ScratchDir::new(binary.scratch_root(), "cluster")?;
-        let launcher = binary.launcher(logs.path());
+        let mut launcher = binary.launcher(logs.path());
+        launcher.log_format = options.log_format;
+        launcher.env.extend(
+            options
+                .env
+                .iter()
+                .map(|(name, value)| (OsString::from(name), OsString::from(value))),
+        );
         let mut processes = Cluster::default();
 
         start_leaves(

@@ -83,6 +83,8 @@ struct RunningCluster {
     roots: BTreeMap<(MergerPlacement, Vec<String>), SocketAddr>,
     /// The CA and certificate of a cluster with TLS on every hop.
     tls: Option<ClusterTls>,
+    /// Where a traced cluster's processes send their spans.
+    traces: Option<fanout_cluster::otlp::OtlpReceiver>,
 }
 
 /// A TLS cluster's files (see [`LocalTls`]), and what its clients need.
@@ -209,8 +211,14 @@ pub async fn run_scenario(
             signal = signals.recv() => Err(anyhow::anyhow!("{signal}: the scenario was interrupted")),
         }
     };
-    for cluster in &mut clusters {
+    for (index, cluster) in clusters.iter_mut().enumerate() {
         cluster.processes.stop(STOP_GRACE).await;
+        if let Some(traces) = &cluster.traces {
+            eprintln!(
+                "scenario: cluster {index} exported {} spans",
+                traces.count()
+            );
+        }
     }
     let comparison = outcome?;
     let markdown = comparison.to_markdown();
@@ -268,11 +276,26 @@ async fn start_clusters(
         } else {
             None
         };
-        let launcher = Launcher::new(
+        let mut launcher = Launcher::new(
             options.executable.clone(),
             "text",
             ChildOutput::Files { dir: group_logs },
         );
+        let traces = if leaves.tracing {
+            let receiver = fanout_cluster::otlp::OtlpReceiver::start_counting()
+                .await
+                .context("cannot start the OTLP receiver")?;
+            launcher.env.extend([
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                    receiver.endpoint().into(),
+                ),
+                ("FANOUT_TRACE_SAMPLE_RATIO".into(), "1".into()),
+            ]);
+            Some(receiver)
+        } else {
+            None
+        };
         let variants: Vec<&Variant> = members
             .iter()
             .map(|member| &scenario.variants[*member])
@@ -282,6 +305,7 @@ async fn start_clusters(
             processes: Cluster::default(),
             roots: BTreeMap::new(),
             tls,
+            traces,
         });
         let cluster = clusters.last_mut().expect("just pushed");
         start_cluster(cluster, &launcher, &index, &variants).await?;
@@ -603,7 +627,8 @@ mod tests {
                 "overhead",
                 "overload",
                 "throughput",
-                "tls-overhead"
+                "tls-overhead",
+                "tracing-overhead"
             ]
         );
     }
@@ -620,6 +645,7 @@ mod tests {
             title_field: "title".into(),
             text_field: "text".into(),
             tls: false,
+            tracing: false,
         };
         let args = leaf_args(&leaves, 2, 1);
         assert_eq!(

@@ -86,6 +86,9 @@ struct ClusterKeys {
     /// TLS on every hop (a CA made for the run; mutual TLS between the
     /// root and its leaves and merger; the load over TLS).
     tls: Option<bool>,
+    /// Every process exports its spans over OTLP, every request sampled,
+    /// to a receiver the run starts (which counts them).
+    tracing: Option<bool>,
 }
 
 /// `[load]`, and the load keys of a `[[variant]]`.
@@ -145,6 +148,7 @@ const CLUSTER_KEYS: &[&str] = &[
     "title_field",
     "text_field",
     "tls",
+    "tracing",
 ];
 
 struct VariantKeys {
@@ -237,6 +241,8 @@ pub struct LeavesSpec {
     pub text_field: String,
     /// TLS on every hop.
     pub tls: bool,
+    /// Spans exported over OTLP by every process, all sampled.
+    pub tracing: bool,
 }
 
 /// A variant's whole cluster: its leaves, its merger, its root's flags.
@@ -472,6 +478,7 @@ fn complete_variant(
         text_field: pick(&own.text_field, &cluster.text_field)
             .unwrap_or_else(|| "text".to_string()),
         tls: own.tls.or(cluster.tls).unwrap_or(false),
+        tracing: own.tracing.or(cluster.tracing).unwrap_or(false),
     };
     let cluster_spec = ClusterSpec {
         leaves,
