@@ -216,6 +216,9 @@ pub async fn fan_out_and_merge(
     drop(pending);
 
     let (outcomes, timings, answers) = progress.finish(&counters, enough_reason.as_deref());
+    for (outcome, counters) in outcomes.iter().zip(&counters) {
+        counters.ended(outcome);
+    }
     log_extra_calls(request_id, &timings);
     enforce(&policy, &outcomes)?;
     let coverage = coverage_of(&outcomes, shards.doc_counts.total());

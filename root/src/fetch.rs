@@ -160,6 +160,7 @@ pub async fn fetch_hits(
 
     let mut latencies: BTreeMap<u32, u64> = BTreeMap::new();
     while let Some((shard_id, positions, outcome)) = pending.next().await {
+        counters[shard_id as usize].call_ended(&outcome);
         let failure = match outcome {
             ShardCallOutcome::Answered(answer) => {
                 latencies.insert(shard_id, answer.latency.as_micros() as u64);

@@ -12,12 +12,12 @@
 //! [`RootMetrics::collect_from`] over the parts that keep them, so the
 //! request path does not change.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use fanout_proto::status::code_name;
 use fanout_runtime::metrics::{
-    Counter, GRPC_CODES, Histogram, LATENCY_BUCKETS_SECONDS, Registry, Samples,
+    Counter, GRPC_CODES, Histogram, HistogramFamily, LATENCY_BUCKETS_SECONDS, Registry, Samples,
 };
 use tonic::Code;
 
@@ -50,12 +50,26 @@ impl RootMethod {
     }
 }
 
-/// Requests of one method: by code, and their latency.
+/// Requests of one method: by code, and their latency by code.
 #[derive(Debug)]
 struct MethodMetrics {
+    method: RootMethod,
     /// Index = code.
     by_code: Vec<Counter>,
-    duration: Histogram,
+    /// Index = code: made on the first request answered with the code (OK's
+    /// up front), so that 17 codes x 19 series stay out of the exposition
+    /// until they happen.
+    duration_by_code: Vec<OnceLock<Histogram>>,
+    durations: Arc<HistogramFamily>,
+    /// Answered OK with only some shards (`allow_partial`).
+    partial: Counter,
+}
+
+impl MethodMetrics {
+    fn duration(&self, code: Code) -> Option<&Histogram> {
+        let slot = self.duration_by_code.get(code as usize)?;
+        Some(slot.get_or_init(|| self.durations.with(&[self.method.label(), code_name(code)])))
+    }
 }
 
 /// The root's registry and the handles the request path counts with.
@@ -79,16 +93,28 @@ impl RootMetrics {
         );
         let durations = registry.histogram_family(
             "fanout_root_request_duration_seconds",
-            "Time from a request's arrival to its answer, whatever the status, by method.",
-            &["method"],
+            "Time from a request's arrival to its answer, by method and gRPC status code (a code's series appear with its first request).",
+            &["method", "code"],
             LATENCY_BUCKETS_SECONDS,
         );
-        let method = |method: RootMethod| MethodMetrics {
-            by_code: GRPC_CODES
-                .iter()
-                .map(|code| requests.with(&[method.label(), code_name(*code)]))
-                .collect(),
-            duration: durations.with(&[method.label()]),
+        let partial = registry.counter_family(
+            "fanout_root_partial_answers_total",
+            "Requests answered OK with only some of the shards (allow_partial), by method.",
+            &["method"],
+        );
+        let method = |method: RootMethod| {
+            let metrics = MethodMetrics {
+                method,
+                by_code: GRPC_CODES
+                    .iter()
+                    .map(|code| requests.with(&[method.label(), code_name(*code)]))
+                    .collect(),
+                duration_by_code: GRPC_CODES.iter().map(|_| OnceLock::new()).collect(),
+                durations: Arc::clone(&durations),
+                partial: partial.with(&[method.label()]),
+            };
+            metrics.duration(Code::Ok);
+            metrics
         };
         let search = method(RootMethod::Search);
         let query = method(RootMethod::Query);
@@ -118,13 +144,30 @@ impl RootMetrics {
             "Retries sent after a retryable failure, by shard and phase.",
             &["shard", "phase"],
         );
+        let shard_durations = registry.histogram_family(
+            "fanout_root_shard_duration_seconds",
+            "Time from a shard call's first attempt to the answer it used, hedges and retries included, by shard and phase (answered calls only).",
+            &["shard", "phase"],
+            LATENCY_BUCKETS_SECONDS,
+        );
+        let outcomes = registry.counter_family(
+            "fanout_root_shard_outcomes_total",
+            "How each shard's part of a request ended, by shard, phase and outcome (answered; failed and timed_out: coverage lost; not_needed: cut off by the merger's enough).",
+            &["shard", "phase", "outcome"],
+        );
         let shards = (0..shard_count)
             .map(|shard| {
                 let shard = shard.to_string();
                 [ShardPhase::FanOut, ShardPhase::Fetch].map(|phase| {
                     let labels = [shard.as_str(), phase.label()];
                     let kind = |kind: &str| attempts.with(&[&shard, phase.label(), kind]);
+                    let outcome = |outcome: &str| outcomes.with(&[&shard, phase.label(), outcome]);
                     ShardCallMetrics {
+                        latency: shard_durations.with(&labels),
+                        answered: outcome("answered"),
+                        failed: outcome("failed"),
+                        timed_out: outcome("timed_out"),
+                        not_needed: outcome("not_needed"),
                         primary_attempts: kind("primary"),
                         hedge_attempts: kind("hedge"),
                         retry_attempts: kind("retry"),
@@ -169,6 +212,14 @@ impl RootMetrics {
             },
             started_at: Instant::now(),
             finished: false,
+        }
+    }
+
+    /// Counts a request of `method` answered OK with only some shards.
+    pub fn partial_answer(&self, method: RootMethod) {
+        match method {
+            RootMethod::Search => self.search.partial.inc(),
+            RootMethod::Query => self.query.partial.inc(),
         }
     }
 
@@ -462,9 +513,9 @@ impl RequestTimer<'_> {
         if let Some(counter) = self.metrics.by_code.get(code as usize) {
             counter.inc();
         }
-        self.metrics
-            .duration
-            .observe(self.started_at.elapsed().as_secs_f64());
+        if let Some(duration) = self.metrics.duration(code) {
+            duration.observe(self.started_at.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -509,9 +560,37 @@ mod tests {
             value(r#"fanout_root_requests_total{code="INVALID_ARGUMENT",method="query"}"#),
             Some(1.0)
         );
+        // Latency by code: OK's series from the start, the others from their
+        // first request.
         assert_eq!(
-            value(r#"fanout_root_request_duration_seconds_count{method="search"}"#),
-            Some(3.0)
+            value(r#"fanout_root_request_duration_seconds_count{code="OK",method="search"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                r#"fanout_root_request_duration_seconds_count{code="CANCELLED",method="search"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                r#"fanout_root_request_duration_seconds_count{code="INVALID_ARGUMENT",method="query"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(r#"fanout_root_request_duration_seconds_count{code="OK",method="query"}"#),
+            Some(0.0)
+        );
+        assert!(!text.contains(r#"fanout_root_request_duration_seconds_count{code="UNAVAILABLE""#));
+        metrics.partial_answer(RootMethod::Search);
+        let text = metrics.registry().render();
+        assert_eq!(
+            sample_value(
+                &text,
+                r#"fanout_root_partial_answers_total{method="search"}"#
+            ),
+            Some(1.0)
         );
     }
 

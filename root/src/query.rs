@@ -136,6 +136,9 @@ impl Root for QueryService {
                 permit.finish(Code::Ok);
                 timer.finish(Code::Ok);
                 let coverage = response.coverage.as_ref();
+                if coverage.is_some_and(|coverage| coverage.partial) {
+                    self.front.metrics.partial_answer(RootMethod::Query);
+                }
                 log.answered(
                     &span,
                     "query",

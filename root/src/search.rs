@@ -271,6 +271,9 @@ impl Search for SearchService {
                 permit.finish(Code::Ok);
                 timer.finish(Code::Ok);
                 let coverage = response.coverage.as_ref();
+                if coverage.is_some_and(|coverage| coverage.partial) {
+                    self.front.metrics.partial_answer(RootMethod::Search);
+                }
                 log.answered(
                     &span,
                     "search",

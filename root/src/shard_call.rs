@@ -71,6 +71,13 @@ impl ShardPhase {
 /// as it adds to its own `ShardCallCounters`.
 #[derive(Debug, Clone)]
 pub struct ShardCallMetrics {
+    /// First attempt to the answer used, of answered calls.
+    pub latency: fanout_runtime::metrics::Histogram,
+    /// How the shard's part of requests ended (see [`ShardCallCounters::ended`]).
+    pub answered: Counter,
+    pub failed: Counter,
+    pub timed_out: Counter,
+    pub not_needed: Counter,
     pub primary_attempts: Counter,
     pub hedge_attempts: Counter,
     pub retry_attempts: Counter,
@@ -125,6 +132,40 @@ impl ShardCallCounters {
                 AttemptKind::Primary => metrics.primary_attempts.inc(),
                 AttemptKind::Hedge => metrics.hedge_attempts.inc(),
                 AttemptKind::Retry => metrics.retry_attempts.inc(),
+            }
+        }
+    }
+
+    /// Records an answered call's latency (first attempt to the answer used).
+    pub(crate) fn answered_in(&self, latency: Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.latency.observe(latency.as_secs_f64());
+        }
+    }
+
+    /// Counts how the shard's part of a request ended.
+    pub fn ended(&self, outcome: &crate::policy::ShardOutcome) {
+        use crate::policy::ShardOutcome;
+        if let Some(metrics) = &self.metrics {
+            match outcome {
+                ShardOutcome::Answered { .. } => metrics.answered.inc(),
+                ShardOutcome::Failed { .. } => metrics.failed.inc(),
+                ShardOutcome::TimedOut => metrics.timed_out.inc(),
+                ShardOutcome::NotNeeded { .. } => metrics.not_needed.inc(),
+            }
+        }
+    }
+
+    /// Counts how a shard call of the fetch phase ended (no merger cuts
+    /// a fetch off: answered, timed out, or failed).
+    pub fn call_ended(&self, outcome: &ShardCallOutcome) {
+        if let Some(metrics) = &self.metrics {
+            match outcome {
+                ShardCallOutcome::Answered(_) => metrics.answered.inc(),
+                ShardCallOutcome::TimedOut => metrics.timed_out.inc(),
+                ShardCallOutcome::Failed(_)
+                | ShardCallOutcome::Rejected(_)
+                | ShardCallOutcome::RequestOfDeath(_) => metrics.failed.inc(),
             }
         }
     }

@@ -116,8 +116,12 @@ impl ShardCalls {
             phase = request.phase.label(),
             outcome = tracing::field::Empty,
         );
+        let counters = request.counters;
         let outcome = self.call_in_span(request).instrument(span.clone()).await;
         span.record("outcome", outcome.name());
+        if let ShardCallOutcome::Answered(answer) = &outcome {
+            counters.answered_in(answer.latency);
+        }
         outcome
     }
 

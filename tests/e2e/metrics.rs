@@ -204,7 +204,23 @@ async fn root_and_leaf_metrics_add_up_to_what_the_responses_say() {
             searches,
             "one primary call per shard per search"
         );
+        // Every search got every shard's answer, in time: no coverage lost.
+        let of_shard = [("shard", shard.as_str()), ("phase", "fanout")];
+        let outcome = |outcome: &str| {
+            root.sum(
+                "fanout_root_shard_outcomes_total",
+                &[of_shard[0], of_shard[1], ("outcome", outcome)],
+            )
+        };
+        assert_eq!(outcome("answered"), searches, "shard {shard} answered");
+        assert_eq!(outcome("failed") + outcome("timed_out"), 0.0);
+        assert_eq!(
+            root.sum("fanout_root_shard_duration_seconds_count", &of_shard),
+            searches,
+            "shard {shard}: one latency per answered call"
+        );
     }
+    assert_eq!(root.sum("fanout_root_partial_answers_total", &[]), 0.0);
     assert_eq!(
         root.count("fanout_root_replica_outstanding_calls", &[]),
         (SHARDS * REPLICAS) as usize
