@@ -47,6 +47,26 @@ impl DiscoverySettings {
     }
 }
 
+/// The root's result cache ([`crate::cache`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ResultCacheSettings {
+    /// Its bound in bytes; 0: no cache.
+    pub max_bytes: usize,
+    /// How often each shard's generation is asked for (`Info`) while the
+    /// cache is on: the longest a re-indexed shard can go unnoticed when
+    /// every request is answered from the cache (answers note it at once).
+    pub generation_poll: Duration,
+}
+
+impl Default for ResultCacheSettings {
+    fn default() -> Self {
+        ResultCacheSettings {
+            max_bytes: 0,
+            generation_poll: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Everything a [`RootServer`](crate::RootServer) needs.
 #[derive(Debug, Clone)]
 pub struct RootConfig {
@@ -64,6 +84,9 @@ pub struct RootConfig {
     /// A request that takes this long is logged at WARN with its shards'
     /// timings (1 s); `None`: never.
     pub slow_request: Option<Duration>,
+    /// The result cache: its bound in bytes (0: no cache, the default) and
+    /// how often the shards' generations are polled while it is on.
+    pub result_cache: ResultCacheSettings,
     pub drain: DrainOptions,
     /// Hedging and the budget of hedges and retries.
     pub hedge: HedgeSettings,
@@ -94,6 +117,7 @@ impl RootConfig {
             default_timeout: DEFAULT_TIMEOUT,
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             slow_request: crate::request_log::RequestLog::default().slow_threshold,
+            result_cache: ResultCacheSettings::default(),
             drain: DrainOptions::default(),
             hedge: HedgeSettings::default(),
             query_limits: QueryLimits::DEFAULT,

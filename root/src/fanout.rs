@@ -314,6 +314,7 @@ impl FanOutProgress {
         if docs_searched > 0 {
             shards.doc_counts.record(shard_id, docs_searched);
         }
+        shards.generations.record(shard_id, &generation);
         let docs_covered = Some(docs_searched)
             .filter(|docs| *docs > 0)
             .or_else(|| shards.doc_counts.get(shard_id))

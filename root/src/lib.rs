@@ -29,7 +29,9 @@
 //!   `fetch`: phase two of a search, the stored fields of the winners.
 //! - `metrics`: the root's Prometheus metrics, read from the parts;
 //!   `front`: what every public request meets (admission, rules, metrics);
-//!   `request_log`: the one log line per request (WARN when slow).
+//!   `request_log`: the one log line per request (WARN when slow);
+//!   `cache`: the result cache of complete search answers, keyed by the
+//!   normalized request and every shard's index generation.
 //! - `search` (`fanout.search.v1.Search`: validation and the two phases),
 //!   `query` (the generic `fanout.v1.Root/Query`).
 //! - `server`: [`RootServer`], which builds the parts and serves.
@@ -37,6 +39,7 @@
 mod admission;
 pub mod auth;
 mod baselines;
+mod cache;
 mod config;
 mod crash;
 mod deadline;
@@ -61,7 +64,9 @@ mod shards;
 mod topology;
 
 pub use admission::{AdmissionPolicy, AdmissionSettings};
-pub use config::{DEFAULT_DEADLINE_MARGIN, DEFAULT_TIMEOUT, DiscoverySettings, RootConfig};
+pub use config::{
+    DEFAULT_DEADLINE_MARGIN, DEFAULT_TIMEOUT, DiscoverySettings, ResultCacheSettings, RootConfig,
+};
 pub use crash::CrashSettings;
 pub use error::RootError;
 pub use hedge::{HedgePolicy, HedgeSettings, HedgeTimer, LatencyEstimate};

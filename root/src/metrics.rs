@@ -215,6 +215,58 @@ impl RootMetrics {
         }
     }
 
+    /// The result cache's counters, registered here.
+    pub fn cache_counters(&self) -> crate::cache::CacheCounters {
+        let counter = |name: &str, help: &str| self.registry.counter(name, help);
+        crate::cache::CacheCounters {
+            hits: counter(
+                "fanout_root_result_cache_hits_total",
+                "Searches answered from the result cache.",
+            ),
+            misses: counter(
+                "fanout_root_result_cache_misses_total",
+                "Searches looked up in the result cache and not found there.",
+            ),
+            inserts: counter(
+                "fanout_root_result_cache_inserts_total",
+                "Complete answers stored in the result cache.",
+            ),
+            evictions: counter(
+                "fanout_root_result_cache_evictions_total",
+                "Answers evicted from the result cache to make room (least recently used first).",
+            ),
+            bypassed: counter(
+                "fanout_root_result_cache_bypassed_total",
+                "Searches that skipped the result cache: no_cache, or a shard whose index generation is unknown.",
+            ),
+        }
+    }
+
+    /// The cache's size at scrape time.
+    pub fn collect_cache(&self, cache: &Arc<crate::cache::ResultCache>) {
+        let entries = Arc::clone(cache);
+        self.registry.gauge_fn(
+            "fanout_root_result_cache_entries",
+            "Answers in the result cache now.",
+            &[],
+            move |samples: &mut Samples<'_>| samples.sample(&[], entries.size().0 as f64),
+        );
+        let bytes = Arc::clone(cache);
+        self.registry.gauge_fn(
+            "fanout_root_result_cache_bytes",
+            "Bytes the result cache holds now (keys, answers and bookkeeping), of at most fanout_root_result_cache_capacity_bytes.",
+            &[],
+            move |samples: &mut Samples<'_>| samples.sample(&[], bytes.size().1 as f64),
+        );
+        let capacity = cache.capacity_bytes() as f64;
+        self.registry.gauge_fn(
+            "fanout_root_result_cache_capacity_bytes",
+            "The result cache's bound in bytes (--result-cache-mb).",
+            &[],
+            move |samples: &mut Samples<'_>| samples.sample(&[], capacity),
+        );
+    }
+
     /// Counts a request of `method` answered OK with only some shards.
     pub fn partial_answer(&self, method: RootMethod) {
         match method {

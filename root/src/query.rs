@@ -144,6 +144,7 @@ impl Root for QueryService {
                     "query",
                     coverage,
                     &response.shards,
+                    false,
                     started_at.elapsed(),
                 );
                 Ok(Response::new(response))

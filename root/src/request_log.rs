@@ -1,6 +1,7 @@
 //! One log line per request at the root, in its request span (so a JSON
 //! line carries the span's `request_id` and `trace_id`): at INFO with the
-//! outcome (status, coverage, hedges and retries, took), at WARN instead
+//! outcome (status, coverage, hedges and retries, from the result cache or
+//! not, took), at WARN instead
 //! when the request took longer than the slow threshold, with every shard's
 //! timing. Target `fanout_root::requests`: `RUST_LOG=info,fanout_root::requests=warn`
 //! keeps only the slow and failed ones.
@@ -38,6 +39,7 @@ impl RequestLog {
         method: &'static str,
         coverage: Option<&Coverage>,
         shards: &[ShardTiming],
+        cached: bool,
         took: Duration,
     ) {
         let coverage = coverage.cloned().unwrap_or_default();
@@ -66,6 +68,7 @@ impl RequestLog {
                 hedges,
                 hedges_won,
                 retries,
+                cached,
                 took_ms,
                 shards = %shard_timings(shards),
                 "slow request"
@@ -82,6 +85,7 @@ impl RequestLog {
                 hedges,
                 hedges_won,
                 retries,
+                cached,
                 took_ms,
                 "request answered"
             );

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use crate::cache::{CacheKey, ResultCache};
 use crate::deadline::RequestDeadline;
 use crate::error::RequestError;
 use crate::fanout::FanOut;
@@ -47,6 +48,8 @@ pub const PHASE_ONE_SHARE_WITH_PARTIAL: f64 = 0.8;
 pub struct SearchService {
     fan_out: Arc<FanOut>,
     front: Arc<Front>,
+    /// The result cache, when the root has one.
+    cache: Option<Arc<ResultCache>>,
 }
 
 /// A search request that passed validation.
@@ -143,8 +146,31 @@ pub fn validate_search(
 }
 
 impl SearchService {
-    pub fn new(fan_out: Arc<FanOut>, front: Arc<Front>) -> Self {
-        Self { fan_out, front }
+    pub fn new(fan_out: Arc<FanOut>, front: Arc<Front>, cache: Option<Arc<ResultCache>>) -> Self {
+        Self {
+            fan_out,
+            front,
+            cache,
+        }
+    }
+
+    /// The cache and this search's key in it, unless the root has no cache
+    /// or the request skips it (`no_cache`, or a shard whose generation is
+    /// unknown: counted as bypassed).
+    fn cache_slot(
+        &self,
+        search: &ValidatedSearch,
+        no_cache: bool,
+    ) -> Option<(&ResultCache, CacheKey, Vec<Arc<str>>)> {
+        let cache = self.cache.as_deref()?;
+        let generations = self.fan_out.shards.generations.snapshot();
+        match CacheKey::of(search, &generations).filter(|_| !no_cache) {
+            Some(key) => Some((cache, key, generations)),
+            None => {
+                cache.counters.bypassed.inc();
+                None
+            }
+        }
     }
 
     async fn search_in_two_phases(
@@ -155,6 +181,7 @@ impl SearchService {
     ) -> Result<SearchResponse, RequestError> {
         let rules = &self.front.rules;
         let (metadata, _, request) = request.into_parts();
+        let no_cache = request.no_cache;
         let search = validate_search(request, &rules.query_limits)?;
         let deadline = RequestDeadline::for_request(
             started_at,
@@ -168,6 +195,15 @@ impl SearchService {
         } else {
             deadline.deadline
         };
+        let cache_slot = self.cache_slot(&search, no_cache);
+        if let Some((cache, key, _)) = &cache_slot
+            && let Some(stored) = cache.get(key)
+        {
+            let mut response = SearchResponse::clone(&stored);
+            response.cached = true;
+            response.took_micros = started_at.elapsed().as_micros() as u64;
+            return Ok(response);
+        }
         let k = search.shard_request.k as usize;
         let phase_one = fan_out_and_merge(
             &self.fan_out,
@@ -209,13 +245,43 @@ impl SearchService {
         )
         .instrument(tracing::debug_span!("fetch"))
         .await?;
-        Ok(SearchResponse {
+        let response = SearchResponse {
             hits,
             total_hits: merged.total_hits,
             coverage: Some(coverage),
             shards: timings,
             took_micros: started_at.elapsed().as_micros() as u64,
-        })
+            cached: false,
+        };
+        if let Some((cache, key, generations)) = cache_slot {
+            // Only a complete answer, every shard of it from the generation
+            // the key names.
+            let complete = !response
+                .coverage
+                .as_ref()
+                .is_some_and(|coverage| coverage.partial);
+            let same_generations = phase_one.answers.len() == generations.len()
+                && phase_one
+                    .answers
+                    .iter()
+                    .zip(&generations)
+                    .all(|(answer, generation)| {
+                        answer
+                            .as_ref()
+                            .is_some_and(|answer| *answer.generation == **generation)
+                    });
+            if complete && same_generations {
+                cache.insert(
+                    key,
+                    SearchResponse {
+                        shards: Vec::new(),
+                        took_micros: 0,
+                        ..response.clone()
+                    },
+                );
+            }
+        }
+        Ok(response)
     }
 }
 
@@ -279,6 +345,7 @@ impl Search for SearchService {
                     "search",
                     coverage,
                     &response.shards,
+                    response.cached,
                     started_at.elapsed(),
                 );
                 Ok(Response::new(response))

@@ -18,6 +18,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 use crate::admission::Admission;
+use crate::cache::ResultCache;
 use crate::config::RootConfig;
 use crate::discovery;
 use crate::error::RootError;
@@ -29,7 +30,7 @@ use crate::replica::ReplicaSet;
 use crate::search::SearchService;
 use crate::selector::SelectorOptions;
 use crate::shard_caller::ShardCalls;
-use crate::shards::{Shards, learn_doc_counts};
+use crate::shards::{Shards, learn_doc_counts, watch_generations};
 use crate::topology::Topology;
 
 /// The largest `Search` request the root decodes (a query is at most a few
@@ -68,6 +69,9 @@ pub struct RootServer {
     _doc_count_learner: AbortOnDropHandle<()>,
     /// Re-resolves the shards' `dns:` names (when there are any).
     _resolver: Option<AbortOnDropHandle<()>>,
+    /// The result cache, and the poll of the shards' generations it needs.
+    cache: Option<Arc<ResultCache>>,
+    _generation_watcher: Option<AbortOnDropHandle<()>>,
 }
 
 impl RootServer {
@@ -164,6 +168,20 @@ impl RootServer {
             }
         }
         let learner = AbortOnDropHandle::new(tokio::spawn(learn_doc_counts(Arc::clone(&shards))));
+        let cache = (config.result_cache.max_bytes > 0).then(|| {
+            let cache = Arc::new(ResultCache::new(
+                config.result_cache.max_bytes,
+                metrics.cache_counters(),
+            ));
+            metrics.collect_cache(&cache);
+            cache
+        });
+        let generation_watcher = cache.as_ref().map(|_| {
+            AbortOnDropHandle::new(tokio::spawn(watch_generations(
+                Arc::clone(&shards),
+                config.result_cache.generation_poll,
+            )))
+        });
         Ok(RootServer {
             fan_out: Arc::new(FanOut {
                 shards,
@@ -187,6 +205,8 @@ impl RootServer {
             transport: ServerTransport::default(),
             _doc_count_learner: learner,
             _resolver: resolver,
+            cache,
+            _generation_watcher: generation_watcher,
         })
     }
 
@@ -205,6 +225,7 @@ impl RootServer {
         let search = SearchServer::new(SearchService::new(
             Arc::clone(&self.fan_out),
             Arc::clone(&self.front),
+            self.cache.clone(),
         ))
         .max_decoding_message_size(MAX_SEARCH_REQUEST_BYTES)
         .accept_compressed(CompressionEncoding::Gzip)

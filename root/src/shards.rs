@@ -18,6 +18,8 @@ pub struct Shards {
     /// Index = shard id.
     pub sets: Vec<ReplicaSet>,
     pub doc_counts: ShardDocCounts,
+    /// Each shard's index generation, as last seen.
+    pub generations: ShardGenerations,
     /// By shard id: failures to resolve the shard's `dns:` names.
     pub dns_counts: Vec<DnsCounts>,
 }
@@ -26,6 +28,7 @@ impl Shards {
     pub fn new(sets: Vec<ReplicaSet>) -> Shards {
         Shards {
             doc_counts: ShardDocCounts::unknown(sets.len()),
+            generations: ShardGenerations::unknown(sets.len()),
             dns_counts: sets.iter().map(|_| DnsCounts::default()).collect(),
             sets,
         }
@@ -132,6 +135,9 @@ pub async fn learn_doc_counts(shards: Arc<Shards>) {
                 shards
                     .doc_counts
                     .record(replica_set.shard_id, info.doc_count);
+                shards
+                    .generations
+                    .record(replica_set.shard_id, &info.generation);
                 break;
             }
         }
@@ -159,5 +165,108 @@ mod tests {
         assert_eq!(counts.total(), 15);
         counts.record(7, 5);
         assert_eq!(counts.get(7), None);
+    }
+}
+
+/// Each shard's index generation as the root last saw it: from every
+/// answer (`ExecuteResponse.generation`), from the leaves' `Info` at start,
+/// and, while the result cache is on, from `Info` polled every so often
+/// ([`watch_generations`]), so that a shard re-indexed while every request
+/// is answered from the cache is noticed within the poll period. Empty:
+/// unknown (or a leaf that reports none).
+#[derive(Debug)]
+pub struct ShardGenerations {
+    generations: std::sync::RwLock<Vec<Arc<str>>>,
+}
+
+impl ShardGenerations {
+    pub fn unknown(shard_count: usize) -> Self {
+        Self {
+            generations: std::sync::RwLock::new(vec![Arc::from(""); shard_count]),
+        }
+    }
+
+    /// Every shard's generation now.
+    pub fn snapshot(&self) -> Vec<Arc<str>> {
+        self.generations
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Notes that `shard_id` answered from `generation` (ignored when empty:
+    /// a leaf that reports none tells nothing).
+    pub fn record(&self, shard_id: u32, generation: &str) {
+        if generation.is_empty() {
+            return;
+        }
+        let index = shard_id as usize;
+        let same = self
+            .generations
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(index)
+            .is_some_and(|known| **known == *generation);
+        if same {
+            return;
+        }
+        let mut generations = self
+            .generations
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(known) = generations.get_mut(index) {
+            if !known.is_empty() {
+                tracing::info!(shard_id, from = %known, to = generation, "the shard's index generation changed");
+            }
+            *known = Arc::from(generation);
+        }
+    }
+}
+
+/// Asks one replica of every shard for its `Info` every `every` and notes
+/// the generation; runs until its task is dropped with the root.
+pub async fn watch_generations(shards: Arc<Shards>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for replica_set in &shards.sets {
+            for replica in replica_set.members().iter() {
+                let mut request = tonic::Request::new(InfoRequest {});
+                request.set_timeout(INFO_TIMEOUT);
+                let mut client = replica.leaf_client();
+                let Ok(Ok(info)) = tokio::time::timeout(INFO_TIMEOUT, client.info(request)).await
+                else {
+                    continue;
+                };
+                let info = info.into_inner();
+                if info.shard_id == replica_set.shard_id {
+                    shards
+                        .generations
+                        .record(replica_set.shard_id, &info.generation);
+                }
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::*;
+
+    #[test]
+    fn generations_follow_the_answers_and_ignore_empty_ones() {
+        let generations = ShardGenerations::unknown(2);
+        assert_eq!(generations.snapshot(), vec![Arc::from(""), Arc::from("")]);
+        generations.record(0, "g1");
+        generations.record(1, "");
+        generations.record(7, "out of range");
+        assert_eq!(
+            generations.snapshot(),
+            vec![Arc::<str>::from("g1"), Arc::from("")]
+        );
+        generations.record(0, "g2");
+        assert_eq!(&*generations.snapshot()[0], "g2");
     }
 }

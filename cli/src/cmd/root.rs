@@ -68,6 +68,17 @@ pub struct RootArgs {
     /// shard's timing (the others get one INFO line each); 0: never.
     #[arg(long, default_value_t = 1000, env = "FANOUT_SLOW_REQUEST_MS")]
     pub slow_request_ms: u64,
+    /// A result cache of complete search answers this many MiB large,
+    /// keyed by the request and every shard's index generation (0: none).
+    /// A request skips it with `no_cache`.
+    #[arg(long, default_value_t = 0, env = "FANOUT_RESULT_CACHE_MB",
+          value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub result_cache_mb: u64,
+    /// With the cache: how often every shard is asked for its index
+    /// generation, the longest a re-indexed shard can go unnoticed.
+    #[arg(long, default_value_t = 1000, env = "FANOUT_RESULT_CACHE_CHECK_MS",
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub result_cache_check_ms: u64,
     /// On shutdown, report NOT_SERVING this long before refusing new calls.
     #[arg(long, default_value_t = 0, env = "FANOUT_DRAIN_DELAY_MS")]
     pub drain_delay_ms: u64,
@@ -198,6 +209,10 @@ impl RootArgs {
             deadline_margin: DEFAULT_DEADLINE_MARGIN,
             slow_request: (self.slow_request_ms > 0)
                 .then(|| Duration::from_millis(self.slow_request_ms)),
+            result_cache: fanout_root::ResultCacheSettings {
+                max_bytes: (self.result_cache_mb as usize) << 20,
+                generation_poll: Duration::from_millis(self.result_cache_check_ms),
+            },
             drain: drain_options(self.drain_delay_ms),
             shard_caller: self.hedge.caller(),
             hedge: HedgeSettings {

@@ -60,6 +60,9 @@ pub struct SearchArgs {
     /// traceparent of a new trace); its trace id is printed on stderr.
     #[arg(long, env = "FANOUT_TRACE")]
     pub trace: bool,
+    /// Skip the root's result cache (when it has one), both ways.
+    #[arg(long, env = "FANOUT_NO_CACHE")]
+    pub no_cache: bool,
     #[command(flatten)]
     pub tls: super::ClientTlsArgs,
 }
@@ -140,6 +143,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         fields: args.fields.clone(),
         allow_partial: args.allow_partial,
         snippets: args.snippets,
+        no_cache: args.no_cache,
         ..SearchRequest::default()
     });
     if let Some(timeout_ms) = args.timeout_ms {
@@ -279,9 +283,14 @@ fn render_footer(response: &SearchResponse) -> String {
         );
     }
     out.push_str(&format!(
-        "\n{} hits · {answered}, {docs} · took {}\n",
+        "\n{} hits · {answered}, {docs} · took {}{}\n",
         human::thousands(response.total_hits),
         human::micros(response.took_micros),
+        if response.cached {
+            " (from the root's result cache)"
+        } else {
+            ""
+        },
     ));
     for failure in &coverage.failures {
         out.push_str(&format!(
@@ -433,6 +442,7 @@ mod tests {
                 ..ShardTiming::default()
             }],
             took_micros: 3_100,
+            cached: false,
         }
     }
 

@@ -626,6 +626,7 @@ mod tests {
                 "hedging-stragglers-4x3",
                 "overhead",
                 "overload",
+                "result-cache",
                 "throughput",
                 "tls-overhead",
                 "tracing-overhead"
