@@ -362,6 +362,9 @@ impl AttemptKind {
     }
 }
 
+/// The least wait before a hedge the budget refused asks it again.
+const HEDGE_ASK_AGAIN_FLOOR: Duration = Duration::from_millis(1);
+
 /// The attempts of one shard call, in the order they were sent.
 struct Attempts<'a> {
     recorders: Vec<Option<AttemptRecorder<'a>>>,
@@ -546,6 +549,9 @@ where
     // the request its deadline. Bounded: a suspect replica that straggles
     // again goes back on probation for twice as long.
     let mut covering_a_suspect = members[primary].state().is_suspect();
+    // Whether the budget refused this call's hedge once (it is asked again
+    // each hedge delay; only the first refusal is counted).
+    let mut hedge_refused = false;
 
     loop {
         if in_flight.is_empty() {
@@ -710,9 +716,23 @@ where
                     continue;
                 };
                 let covers_a_suspect = std::mem::take(&mut covering_a_suspect);
-                if !covers_a_suspect && !hedging.budget.try_spend_on_hedge() {
-                    counters.suppressed();
-                    tracing::debug!(shard_id, "hedge suppressed: the hedge budget is empty");
+                let spent = covers_a_suspect
+                    || if hedge_refused {
+                        hedging.budget.try_spend_on_hedge_again()
+                    } else {
+                        hedging.budget.try_spend_on_hedge()
+                    };
+                if !spent {
+                    if !hedge_refused {
+                        hedge_refused = true;
+                        counters.suppressed();
+                        tracing::debug!(shard_id, "hedge suppressed: the hedge budget is empty");
+                    }
+                    // Asked again a hedge delay later, when the budget may
+                    // have tokens again: a replica that hangs while the
+                    // budget is spent must not cost the call its deadline.
+                    next_hedge_at = hedge_delay
+                        .map(|delay| Instant::now() + delay.max(HEDGE_ASK_AGAIN_FLOOR));
                     continue;
                 }
                 tracing::debug!(shard_id, replica_index, lateness_micros = lateness.as_micros() as u64, "hedging");
@@ -1174,6 +1194,33 @@ mod tests {
             );
             assert_eq!(count(&run.counters.hedges_suppressed), 1);
             assert_eq!(count(&run.counters.retries), 0);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_refused_hedge_asks_again_and_goes_out_once_the_budget_refills() {
+            let replicas = ReplicaSet::for_tests(2);
+            // 10 tokens a second, none left: a hedge needs 1 above the
+            // retries' reserve of 2, which the floor refills in 300 ms.
+            let budget = HedgeBudget::new(0.0, 10.0);
+            while budget.try_spend() {}
+            let refusals_before = budget.suppressed();
+            let fakes = [Fake::AnswersAfter(ms(5000)), Fake::AnswersAfter(ms(1))];
+            let run = run(&replicas, &fakes, HedgePolicy::Fixed(ms(10)), &budget).await;
+            assert_eq!(run.calls.len(), 2, "{:?}", run.calls);
+            let hedged_at = run.calls[1].1;
+            assert!(
+                (ms(300)..=ms(310)).contains(&hedged_at),
+                "the hedge went out at {hedged_at:?}, not when the budget refilled"
+            );
+            assert!(
+                matches!(run.outcome, ShardCallOutcome::Answered(ref a) if a.latency == hedged_at + ms(1)),
+                "{:?}",
+                run.outcome
+            );
+            // Refused once, asked again every delay: one suppression.
+            assert_eq!(count(&run.counters.hedges_suppressed), 1);
+            assert_eq!(budget.suppressed() - refusals_before, 1);
+            assert_eq!(count(&run.counters.hedges), 1);
         }
 
         #[tokio::test(start_paused = true)]

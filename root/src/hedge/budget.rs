@@ -72,18 +72,34 @@ impl HedgeBudget {
         self.spend_above(self.capacity * RETRY_RESERVE)
     }
 
+    /// [`try_spend_on_hedge`](Self::try_spend_on_hedge) for a hedge the
+    /// budget refused once already: a refusal is not counted again (one
+    /// call's hedge waiting for tokens is one suppression, however often it
+    /// asks).
+    pub fn try_spend_on_hedge_again(&self) -> bool {
+        let spent = self.take_above(self.capacity * RETRY_RESERVE);
+        if spent {
+            self.spent.fetch_add(1, Ordering::Relaxed);
+        }
+        spent
+    }
+
     fn spend_above(&self, reserve: f64) -> bool {
-        let spent = self.with_bucket(|bucket, _| {
+        let spent = self.take_above(reserve);
+        let counter = if spent { &self.spent } else { &self.suppressed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        spent
+    }
+
+    fn take_above(&self, reserve: f64) -> bool {
+        self.with_bucket(|bucket, _| {
             if bucket.tokens >= 1.0 + reserve {
                 bucket.tokens -= 1.0;
                 true
             } else {
                 false
             }
-        });
-        let counter = if spent { &self.spent } else { &self.suppressed };
-        counter.fetch_add(1, Ordering::Relaxed);
-        spent
+        })
     }
 
     /// Tokens in the bucket now.
