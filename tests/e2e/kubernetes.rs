@@ -1005,9 +1005,11 @@ fn the_small_overlays_pods_run_as_containers() {
     let index_image = pods.index_image.clone();
     let image_arg = format!("FANOUT_IMAGE={image}");
     let dockerfile = kubernetes_dir().join("images/index.Dockerfile");
+    // --force-rm: a build step that fails leaves no container behind.
     docker(&[
         "build",
         "--quiet",
+        "--force-rm",
         "--file",
         dockerfile.to_str().unwrap(),
         "--build-arg",
@@ -1024,6 +1026,7 @@ fn the_small_overlays_pods_run_as_containers() {
     let refused = docker(&[
         "build",
         "--quiet",
+        "--force-rm",
         "--file",
         dockerfile.to_str().unwrap(),
         "--build-arg",
