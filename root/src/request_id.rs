@@ -1,11 +1,6 @@
 //! The id that ties together the logs and leaf calls of one request: the
 //! caller's `x-request-id` when it sends a usable one, else a fresh one.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tonic::metadata::MetadataMap;
 
 /// Metadata key a caller may set to choose the request id.
@@ -25,13 +20,7 @@ pub fn request_id_for(metadata: &MetadataMap) -> String {
 }
 
 fn new_request_id() -> String {
-    static RANDOM_STATE: OnceLock<RandomState> = OnceLock::new();
-    static ISSUED: AtomicU64 = AtomicU64::new(0);
-    let sequence = ISSUED.fetch_add(1, Ordering::Relaxed);
-    let random = RANDOM_STATE
-        .get_or_init(RandomState::new)
-        .hash_one(sequence);
-    format!("{random:016x}")
+    format!("{:016x}", fanout_runtime::hashing::unique_random_u64())
 }
 
 #[cfg(test)]

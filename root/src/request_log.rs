@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fanout_proto::v1::{Coverage, ShardTiming};
 use tonic::Status;
+use tracing::Level;
 
 /// When a request counts as slow (`--slow-request-ms`); `None`: never.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +43,13 @@ impl RequestLog {
         cached: bool,
         took: Duration,
     ) {
-        let coverage = coverage.cloned().unwrap_or_default();
+        let (shards_answered, shards_total, partial) = coverage.map_or((0, 0, false), |coverage| {
+            (
+                coverage.shards_answered,
+                coverage.shards_total,
+                coverage.partial,
+            )
+        });
         let hedges: u32 = shards
             .iter()
             .map(|shard| shard.hedges + shard.fetch_hedges)
@@ -56,39 +63,31 @@ impl RequestLog {
             .map(|shard| shard.retries + shard.fetch_retries)
             .sum();
         let took_ms = took.as_secs_f64() * 1e3;
+        // The same fields at either level; the slow line adds the shards'.
+        macro_rules! answered_line {
+            ($level:expr, $($rest:tt)*) => {
+                tracing::event!(
+                    target: "fanout_root::requests",
+                    parent: span,
+                    $level,
+                    method,
+                    code = "OK",
+                    shards_answered,
+                    shards_total,
+                    partial,
+                    hedges,
+                    hedges_won,
+                    retries,
+                    cached,
+                    took_ms,
+                    $($rest)*
+                )
+            };
+        }
         if self.is_slow(took) {
-            tracing::warn!(
-                target: "fanout_root::requests",
-                parent: span,
-                method,
-                code = "OK",
-                shards_answered = coverage.shards_answered,
-                shards_total = coverage.shards_total,
-                partial = coverage.partial,
-                hedges,
-                hedges_won,
-                retries,
-                cached,
-                took_ms,
-                shards = %shard_timings(shards),
-                "slow request"
-            );
+            answered_line!(Level::WARN, shards = %shard_timings(shards), "slow request");
         } else {
-            tracing::info!(
-                target: "fanout_root::requests",
-                parent: span,
-                method,
-                code = "OK",
-                shards_answered = coverage.shards_answered,
-                shards_total = coverage.shards_total,
-                partial = coverage.partial,
-                hedges,
-                hedges_won,
-                retries,
-                cached,
-                took_ms,
-                "request answered"
-            );
+            answered_line!(Level::INFO, "request answered");
         }
     }
 

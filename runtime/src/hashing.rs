@@ -15,6 +15,9 @@
 //!   mixer, which turns a counter or a seed into well-spread bits. Fault
 //!   injection's seeded draws and the load generator's PRNG seeding use it,
 //!   so that a seed means the same run everywhere.
+//!
+//! And one that must differ every time: [`unique_random_u64`], for ids
+//! (request ids, trace ids), not for anything that must be reproducible.
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -80,6 +83,20 @@ impl SplitMix64 {
         self.state = self.state.wrapping_add(SPLITMIX64_GAMMA);
         value
     }
+}
+
+/// A new value at every call, different in every process: a counter hashed
+/// with the process's random `RandomState` (seeded from the OS). Unique
+/// enough for ids; not a secret, and not reproducible by design.
+pub fn unique_random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    static RANDOM_STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let sequence = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    RANDOM_STATE
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(sequence)
 }
 
 #[cfg(test)]

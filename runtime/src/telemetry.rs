@@ -100,11 +100,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports what is queued (waiting at most `OTEL_BSP_EXPORT_TIMEOUT`,
     /// 30 s by default, for an unreachable collector) and stops the export.
     /// Call it while the tokio runtime still runs.

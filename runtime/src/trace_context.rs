@@ -38,11 +38,7 @@ pub fn exporting() -> bool {
 /// `trace_id = tracing::field::Empty`).
 pub fn adopt_caller(span: &tracing::Span, metadata: &MetadataMap) {
     if !exporting() {
-        if let Some(trace_id) = metadata
-            .get(TRACEPARENT)
-            .and_then(|value| value.to_str().ok())
-            .and_then(trace_id_of_traceparent)
-        {
+        if let Some(trace_id) = callers_trace_id(metadata) {
             span.record("trace_id", trace_id);
         }
         return;
@@ -55,12 +51,17 @@ pub fn adopt_caller(span: &tracing::Span, metadata: &MetadataMap) {
     record_trace_id(span);
 }
 
-/// Records `span`'s own trace id in its `trace_id` field (a span whose
-/// parent is in this process, or with no caller context: a new trace).
-pub fn record_trace_id(span: &tracing::Span) {
-    if !exporting() {
-        return;
-    }
+/// The trace id of the caller's `traceparent`, when it sent a valid one.
+fn callers_trace_id(metadata: &MetadataMap) -> Option<&str> {
+    metadata
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(trace_id_of_traceparent)
+}
+
+/// Records `span`'s own trace id (its caller's, or a new trace's) in its
+/// `trace_id` field.
+fn record_trace_id(span: &tracing::Span) {
     let context = span.context();
     let span_context = context.span().span_context().clone();
     if span_context.is_valid() {
@@ -106,25 +107,13 @@ pub fn trace_id_of_traceparent(value: &str) -> Option<&str> {
 
 /// A `traceparent` for a new trace, sampled: a client that sends it forces
 /// every fanout process on the request's path to keep its spans. The ids
-/// come from the OS's random source through std's hasher seeds (unique per
-/// call, not secret).
+/// are [`crate::hashing::unique_random_u64`]s (unique, not secret).
 pub fn new_sampled_traceparent() -> String {
-    let trace_id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
-    let span_id = random_u64();
+    use crate::hashing::unique_random_u64;
+    let trace_id = (u128::from(unique_random_u64()) << 64) | u128::from(unique_random_u64());
+    let span_id = unique_random_u64();
     // All-zero ids are invalid; the chance is nil, but cheap to rule out.
     format!("00-{:032x}-{:016x}-01", trace_id.max(1), span_id.max(1))
-}
-
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos() as u64)
-            .unwrap_or_default(),
-    );
-    hasher.finish()
 }
 
 struct MetadataExtractor<'a>(&'a MetadataMap);
@@ -192,9 +181,20 @@ mod tests {
     }
 
     #[test]
-    fn without_an_exporter_nothing_is_injected() {
+    fn reads_the_callers_trace_id_from_its_metadata() {
         let mut metadata = MetadataMap::new();
-        inject_current(&mut metadata);
-        assert!(metadata.is_empty());
+        assert_eq!(callers_trace_id(&metadata), None);
+        metadata.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            callers_trace_id(&metadata),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        metadata.insert(TRACEPARENT, "not a traceparent".parse().unwrap());
+        assert_eq!(callers_trace_id(&metadata), None);
     }
 }
