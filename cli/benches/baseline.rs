@@ -303,37 +303,7 @@ fn load_queries() -> anyhow::Result<Vec<String>> {
         .transpose()
         .context("FANOUT_BENCH_QUERY_COUNT")?
         .unwrap_or(2000);
-    let million_query = workspace_root().join("../shared/data/queries/million-query-2007-09.txt");
-    let path = match std::env::var_os("FANOUT_BENCH_QUERIES") {
-        Some(path) => PathBuf::from(path),
-        None if million_query.is_file() => million_query,
-        None => workspace_root().join("data/beir-scifact/queries.jsonl"),
-    };
-    println!("query log: {}", path.display());
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let queries: Vec<String> = text
-        .lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.starts_with('{') {
-                let value: serde_json::Value = serde_json::from_str(line).ok()?;
-                Some(
-                    value["text"]
-                        .as_str()
-                        .or(value["query"].as_str())?
-                        .to_owned(),
-                )
-            } else {
-                Some(line.to_owned())
-            }
-        })
-        .filter(|query| !query.is_empty())
-        .take(count + WARMUP_QUERIES)
-        .collect();
-    if queries.len() <= WARMUP_QUERIES {
-        bail!("{} holds too few queries", path.display());
-    }
-    Ok(queries)
+    fanout_tests::query_log::bench_queries(count + WARMUP_QUERIES, WARMUP_QUERIES + 1)
 }
 
 fn tempdir(binary: &FanoutBinary, name: &str) -> anyhow::Result<PathBuf> {

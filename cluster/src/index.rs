@@ -1,7 +1,7 @@
 //! The index a local cluster serves: built once per corpus and shard count,
 //! then reused (by `fanout up`, by every scenario of `fanout loadgen scenario`). It lives in `<data-dir>/index-<fingerprint>`, where the fingerprint
 //! hashes what would change the index (corpus path, size and modification
-//! time, shard count, field names). A build writes to `index-<fingerprint>.partial`
+//! time, shard count, field names, the statistics' format version). A build writes to `index-<fingerprint>.partial`
 //! and renames it when complete, so an interrupted build is never reused.
 
 use std::path::{Path, PathBuf};
@@ -96,6 +96,8 @@ fn fingerprint_of(corpus: &Path, size: u64, modified_nanos: u128, source: &Index
         source.id_field.as_bytes(),
         source.title_field.as_bytes(),
         source.text_field.as_bytes(),
+        // An index of an older format is built again, not refused by its leaves.
+        &fanout_leaf::STATISTICS_FORMAT_VERSION.to_le_bytes(),
     ]);
     format!("{hash:016x}")
 }

@@ -6,8 +6,8 @@
 //!    threads and a share of the memory budget), so shards are written in
 //!    parallel while the corpus is read once.
 //! 3. Once every shard is committed, the corpus-wide BM25 statistics are
-//!    computed over all shards and written into each (`global_stats.rs`),
-//!    with each shard's `shard.json`.
+//!    computed over all shards and each shard gets those of its own terms
+//!    (`global_stats.rs`), with its `shard.json`.
 //! 4. The shards move from a hidden staging directory into place and
 //!    `index.json` is written last: an output directory holding `index.json`
 //!    holds a complete index.
@@ -34,7 +34,7 @@ use tantivy::{Index, IndexWriter, ReloadPolicy, TantivyDocument};
 
 use crate::LeafError;
 use crate::corpus::{CorpusDocument, CorpusFieldNames, CorpusLine, open_corpus, parse_corpus_line};
-use crate::global_stats::{GLOBAL_STATS_FILE_NAME, GlobalStatistics};
+use crate::global_stats::{GLOBAL_STATS_FILE_NAME, ShardStatistics};
 use crate::manifest::{
     INDEX_MANIFEST_FILE_NAME, IndexManifest, IndexManifestShard, SHARD_MANIFEST_FILE_NAME,
     ShardManifest, shard_dir_name, write_json_atomically,
@@ -193,9 +193,10 @@ pub fn build_index(options: &IndexBuildOptions) -> Result<IndexBuildReport, Leaf
             Ok(reader.searcher())
         })
         .collect::<Result<Vec<_>, LeafError>>()?;
-    let statistics = GlobalStatistics::compute(&searchers, &generation, shard_count)?;
+    let statistics = ShardStatistics::compute(&searchers, &generation)?;
     drop(searchers);
-    for (shard_id, shard) in (0..shard_count).zip(&shards) {
+    let statistics_entries: u64 = statistics.iter().map(ShardStatistics::entry_count).sum();
+    for ((shard_id, shard), statistics) in (0..shard_count).zip(&shards).zip(&statistics) {
         statistics.write_to(&shard.dir.join(GLOBAL_STATS_FILE_NAME))?;
         let manifest = ShardManifest {
             shard_id,
@@ -250,7 +251,7 @@ pub fn build_index(options: &IndexBuildOptions) -> Result<IndexBuildReport, Leaf
         docs = report.docs_indexed,
         bad_lines = report.bad_lines.len(),
         shards = shard_count,
-        terms = statistics.term_count(),
+        statistics_entries,
         generation = %report.generation,
         elapsed = ?report.elapsed,
         out_dir = %options.out_dir.display(),

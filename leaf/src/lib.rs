@@ -10,8 +10,9 @@
 //! - [`index_build`]: [`build_index`]: one tantivy index per shard, written in
 //!   parallel, then the global statistics and the manifests.
 //! - [`manifest`]: `index.json` and `shard.json`.
-//! - [`global_stats`]: exact global BM25 statistics, their file format, and
-//!   tantivy's `Bm25StatisticsProvider` over them.
+//! - [`global_stats`]: exact global BM25 statistics, stored in each shard for
+//!   its own terms only, their file format, and tantivy's
+//!   `Bm25StatisticsProvider` over them.
 //!
 //! Searching (`fanout leaf`):
 //! - [`query`]: [`build_query`] for natural-language and syntax queries; filters.
@@ -51,7 +52,9 @@ pub mod shard;
 pub use collector::{RankedHit, SearchAfterKey, TopHits, TopHitsCollector, rank_order};
 pub use error::LeafError;
 pub use fault::FaultPlan;
-pub use global_stats::{GLOBAL_STATS_FILE_NAME, GlobalStatistics};
+pub use global_stats::{
+    GLOBAL_STATS_FILE_NAME, STATISTICS_FORMAT_VERSION, ScoringStatistics, ShardStatistics,
+};
 pub use index_build::{BadLine, BadLinePolicy, IndexBuildOptions, IndexBuildReport, build_index};
 pub use manifest::{
     INDEX_MANIFEST_FILE_NAME, IndexManifest, IndexManifestShard, ShardManifest,

@@ -24,7 +24,7 @@ use tantivy::{
 
 use crate::LeafError;
 use crate::collector::{SearchAfterKey, TopHits, TopHitsCollector};
-use crate::global_stats::GlobalStatistics;
+use crate::global_stats::{ScoringStatistics, ShardStatistics};
 use crate::manifest::{
     INDEX_MANIFEST_FILE_NAME, ShardManifest, read_index_manifest, read_shard_manifest,
 };
@@ -62,7 +62,7 @@ pub struct ShardSearcher {
     _reader: IndexReader,
     searcher: Searcher,
     fields: SearchFields,
-    statistics: GlobalStatistics,
+    statistics: ScoringStatistics,
     limits: QueryLimits,
 }
 
@@ -82,8 +82,7 @@ impl ShardSearcher {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let searcher = reader.searcher();
-        let Some(statistics) =
-            GlobalStatistics::load_for_shard(shard_dir, &manifest, &index.schema())?
+        let Some(statistics) = ShardStatistics::load_for_shard(shard_dir, &manifest, &searcher)?
         else {
             return Err(LeafError::GlobalStatistics {
                 path: shard_dir.join(crate::GLOBAL_STATS_FILE_NAME),
@@ -96,7 +95,7 @@ impl ShardSearcher {
             shard = manifest.shard_id,
             docs = searcher.num_docs(),
             corpus_docs = statistics.total_docs(),
-            terms = statistics.term_count(),
+            terms = statistics.entry_count(),
             "scoring with the build's global statistics"
         );
         if searcher.num_docs() != manifest.doc_count {

@@ -44,6 +44,8 @@
 //! - [`processes`]: children and liveness of pids, from `/proc`.
 //! - [`python`]: fanout's Python services (`python/fanout_py`) as processes,
 //!   and the interpreter the tests use.
+//! - [`query_log`]: [`query_log::bench_queries`], the query log the benchmarks
+//!   replay.
 //! - [`time_limit`]: [`within`], so that no await in a test can hang.
 
 pub mod beir;
@@ -56,6 +58,7 @@ pub mod ndcg;
 pub mod open_loop;
 pub mod processes;
 pub mod python;
+pub mod query_log;
 pub mod scratch;
 pub mod test_cluster;
 pub mod time_limit;
