@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use fanout_leaf::{SearchFields, ShardSearcher, build_schema, register_tokenizers};
 use fanout_proto::search::v1::{FetchRequest, SearchRequest, ShardSearchRequest};
+use fanout_tests::bench::{bench_queries, env_count};
 use fanout_tests::{
     ClusterOptions, CorpusSpec, FanoutBinary, IndexFixture, MergerPlacement, TestCluster,
     workspace_root,
@@ -176,12 +177,7 @@ async fn search_latency(binary: &FanoutBinary, corpus: &Path) -> anyhow::Result<
 }
 
 fn indexing_rate(binary: &FanoutBinary, corpus: &Path) -> anyhow::Result<()> {
-    let rounds: usize = std::env::var("FANOUT_BENCH_INDEX_ROUNDS")
-        .ok()
-        .map(|value| value.parse())
-        .transpose()
-        .context("FANOUT_BENCH_INDEX_ROUNDS")?
-        .unwrap_or(2);
+    let rounds = env_count("FANOUT_BENCH_INDEX_ROUNDS", 2)?;
     let threads = std::thread::available_parallelism()?.get();
     const MEMORY_MB: usize = 256;
     println!("\n== indexing rate: `fanout index --shards 4` vs one tantivy IndexWriter");
@@ -297,13 +293,8 @@ fn single_writer(
 }
 
 fn load_queries() -> anyhow::Result<Vec<String>> {
-    let count: usize = std::env::var("FANOUT_BENCH_QUERY_COUNT")
-        .ok()
-        .map(|value| value.parse())
-        .transpose()
-        .context("FANOUT_BENCH_QUERY_COUNT")?
-        .unwrap_or(2000);
-    fanout_tests::query_log::bench_queries(count + WARMUP_QUERIES, WARMUP_QUERIES + 1)
+    let count = env_count("FANOUT_BENCH_QUERY_COUNT", 2000)?;
+    bench_queries(count + WARMUP_QUERIES, WARMUP_QUERIES + 1)
 }
 
 fn tempdir(binary: &FanoutBinary, name: &str) -> anyhow::Result<PathBuf> {

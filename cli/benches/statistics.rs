@@ -15,7 +15,7 @@
 //!
 //! Run: `cargo bench -p fanout --bench statistics` (release build). Options
 //! by environment: `FANOUT_BENCH_QUERY_COUNT` (default 1000) and
-//! `FANOUT_BENCH_QUERIES` (see `fanout_tests::query_log`).
+//! `FANOUT_BENCH_QUERIES` (see `fanout_tests::bench`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use fanout_leaf::{
     GLOBAL_STATS_FILE_NAME, QueryMode, ShardStatistics, build_query, read_shard_manifest,
     register_tokenizers, shard_dir_name,
 };
-use fanout_tests::query_log::bench_queries;
+use fanout_tests::bench::{bench_queries, env_count};
 use fanout_tests::{CorpusSpec, FanoutBinary, IndexFixture, workspace_root};
 use tantivy::collector::TopDocs;
 use tantivy::{Index, ReloadPolicy, Searcher};
@@ -44,13 +44,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism()?.get()
     );
     let corpora = corpora()?;
-    let count: usize = std::env::var("FANOUT_BENCH_QUERY_COUNT")
-        .ok()
-        .map(|value| value.parse())
-        .transpose()
-        .context("FANOUT_BENCH_QUERY_COUNT")?
-        .unwrap_or(1000);
-    let queries = bench_queries(count, 1)?;
+    let queries = bench_queries(env_count("FANOUT_BENCH_QUERY_COUNT", 1000)?, 1)?;
 
     println!("\n== statistics bytes / index bytes (every file of the index)\n");
     println!("| corpus | 1 shard | 4 shards | 8 shards | 16 shards |");

@@ -242,38 +242,29 @@ impl SegmentCollector for TopHitsSegmentCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{SearchFields, build_schema, register_tokenizers};
+    use crate::schema::{SearchFields, index_in_ram};
     use tantivy::query::{AllQuery, ConstScoreQuery, Query, TermQuery};
     use tantivy::schema::IndexRecordOption;
-    use tantivy::{Index, IndexWriter, TantivyDocument, Term};
+    use tantivy::{Index, Term};
 
     /// Ids inserted out of order over two segments. Every document holds
     /// "tie" once with nothing else, so they all score the same, except "z",
     /// which holds it four times and scores higher despite its id.
     fn index_with_ties() -> Index {
-        let index = Index::create_in_ram(build_schema());
-        register_tokenizers(&index);
-        let fields = SearchFields::from_schema(&index.schema()).unwrap();
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-        let batches = [
-            [("m", "tie"), ("c", "tie"), ("x", "tie"), ("y", "other")],
-            [
-                ("a", "tie"),
-                ("z", "tie tie tie tie"),
-                ("q", "tie"),
-                ("b", "tie"),
+        index_in_ram(&[
+            &[
+                ("m", "", "tie"),
+                ("c", "", "tie"),
+                ("x", "", "tie"),
+                ("y", "", "other"),
             ],
-        ];
-        for batch in batches {
-            for (id, text) in batch {
-                let mut document = TantivyDocument::default();
-                document.add_text(fields.id, id);
-                document.add_text(fields.text, text);
-                writer.add_document(document).unwrap();
-            }
-            writer.commit().unwrap();
-        }
-        index
+            &[
+                ("a", "", "tie"),
+                ("z", "", "tie tie tie tie"),
+                ("q", "", "tie"),
+                ("b", "", "tie"),
+            ],
+        ])
     }
 
     fn collect(index: &Index, query: &dyn Query, collector: &TopHitsCollector) -> TopHits {

@@ -282,24 +282,6 @@ impl ShardStatistics {
         Ok(shards)
     }
 
-    /// The build these statistics belong to.
-    pub fn generation(&self) -> &str {
-        &self.generation
-    }
-
-    pub fn shard_id(&self) -> u32 {
-        self.shard_id
-    }
-
-    pub fn shard_count(&self) -> u32 {
-        self.shard_count
-    }
-
-    /// Documents in the whole corpus.
-    pub fn total_docs(&self) -> u64 {
-        self.total_docs
-    }
-
     /// Frequencies stored: the entries of the shard's term dictionaries over
     /// all fields and segments.
     pub fn entry_count(&self) -> u64 {
@@ -769,38 +751,14 @@ impl<'a> ByteReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{SearchFields, build_schema, register_tokenizers};
-    use tantivy::indexer::NoMergePolicy;
-    use tantivy::{Index, IndexWriter, TantivyDocument};
-
-    /// (id, title, text) documents; each inner list is one commit, so one
-    /// segment (merges are off).
-    type Commits<'a> = &'a [&'a [(&'a str, &'a str, &'a str)]];
-
-    fn shard(commits: Commits) -> Index {
-        let index = Index::create_in_ram(build_schema());
-        register_tokenizers(&index);
-        let fields = SearchFields::from_schema(&index.schema()).unwrap();
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-        writer.set_merge_policy(Box::new(NoMergePolicy));
-        for docs in commits {
-            for (id, title, text) in *docs {
-                let mut document = TantivyDocument::default();
-                document.add_text(fields.id, id);
-                document.add_text(fields.title, title);
-                document.add_text(fields.text, text);
-                writer.add_document(document).unwrap();
-            }
-            writer.commit().unwrap();
-        }
-        index
-    }
+    use crate::schema::{SearchFields, index_in_ram};
+    use tantivy::Index;
 
     /// Shard 0: one segment; shard 1: two segments ("pasta" only in the second).
     fn two_shards() -> Vec<Index> {
         vec![
-            shard(&[&[("a", "rust search", "fast search engines in rust")]]),
-            shard(&[
+            index_in_ram(&[&[("a", "rust search", "fast search engines in rust")]]),
+            index_in_ram(&[
                 &[("b", "rust", "the rust language")],
                 &[("c", "cooking", "pasta and search for sauce")],
             ]),
@@ -889,7 +847,7 @@ mod tests {
         use tantivy::query::TermQuery;
         use tantivy::schema::IndexRecordOption;
         let indexes = two_shards();
-        let whole = shard(&[&[
+        let whole = index_in_ram(&[&[
             ("a", "rust search", "fast search engines in rust"),
             ("b", "rust", "the rust language"),
             ("c", "cooking", "pasta and search for sauce"),
@@ -979,7 +937,7 @@ mod tests {
         let error = statistics[0].clone().bind(&searchers[1]).err().unwrap();
         assert!(error.contains("1 segments but the shard has 2"), "{error}");
         // The same documents indexed again are other segments.
-        let again = shard(&[&[("a", "rust search", "fast search engines in rust")]]);
+        let again = index_in_ram(&[&[("a", "rust search", "fast search engines in rust")]]);
         let error = statistics[0]
             .clone()
             .bind(&again.reader().unwrap().searcher())

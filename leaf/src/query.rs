@@ -258,17 +258,13 @@ pub fn apply_filters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{build_schema, register_tokenizers};
+    use crate::schema::index_in_ram;
+    use tantivy::TantivyDocument;
     use tantivy::collector::TopDocs;
     use tantivy::schema::Value;
-    use tantivy::{IndexWriter, TantivyDocument};
 
     pub(crate) fn small_index() -> Index {
-        let index = Index::create_in_ram(build_schema());
-        register_tokenizers(&index);
-        let fields = SearchFields::from_schema(&index.schema()).unwrap();
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-        let docs = [
+        index_in_ram(&[&[
             (
                 "d1",
                 "Rust search engines",
@@ -281,16 +277,7 @@ mod tests {
                 "Tail latency: hedged requests in search.",
             ),
             ("d4", "Rust language", "Ownership and borrowing."),
-        ];
-        for (id, title, text) in docs {
-            let mut document = TantivyDocument::default();
-            document.add_text(fields.id, id);
-            document.add_text(fields.title, title);
-            document.add_text(fields.text, text);
-            writer.add_document(document).unwrap();
-        }
-        writer.commit().unwrap();
-        index
+        ]])
     }
 
     fn term_texts(index: &Index, query: &str) -> Vec<String> {

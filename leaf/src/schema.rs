@@ -129,6 +129,32 @@ pub fn register_tokenizers(index: &Index) {
         .register(ENGLISH_ANALYZER, english_analyzer());
 }
 
+/// An in-RAM index with the fanout schema, for unit tests: each slice of
+/// `(id, title, text)` documents is one commit, so one segment (merges are
+/// off). An empty title or text is left out, as `fanout index` does.
+#[cfg(test)]
+pub(crate) fn index_in_ram(commits: &[&[(&str, &str, &str)]]) -> Index {
+    let index = Index::create_in_ram(build_schema());
+    register_tokenizers(&index);
+    let fields = SearchFields::from_schema(&index.schema()).unwrap();
+    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+    writer.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+    for documents in commits {
+        for &(id, title, text) in *documents {
+            let mut document = tantivy::TantivyDocument::default();
+            document.add_text(fields.id, id);
+            for (field, value) in [(fields.title, title), (fields.text, text)] {
+                if !value.is_empty() {
+                    document.add_text(field, value);
+                }
+            }
+            writer.add_document(document).unwrap();
+        }
+        writer.commit().unwrap();
+    }
+    index
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

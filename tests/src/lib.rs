@@ -31,6 +31,8 @@
 //! - [`metrics`]: `GET /metrics` over a raw socket and a parser of the
 //!   Prometheus text format, to compare a service's counts with what a test
 //!   saw.
+//! - [`bench`]: what the benchmarks share: [`bench::bench_queries`], the query
+//!   log they replay, and [`bench::env_count`].
 //! - [`beir`]: BEIR relevance collections (SciFact): judged queries and qrels.
 //! - [`ndcg`]: nDCG@k with graded gains and a log2 discount.
 //! - [`compose`]: the fanout image (and the Python one of
@@ -44,11 +46,10 @@
 //! - [`processes`]: children and liveness of pids, from `/proc`.
 //! - [`python`]: fanout's Python services (`python/fanout_py`) as processes,
 //!   and the interpreter the tests use.
-//! - [`query_log`]: [`query_log::bench_queries`], the query log the benchmarks
-//!   replay.
 //! - [`time_limit`]: [`within`], so that no await in a test can hang.
 
 pub mod beir;
+pub mod bench;
 pub mod binary;
 pub mod compose;
 pub mod index_fixture;
@@ -58,7 +59,6 @@ pub mod ndcg;
 pub mod open_loop;
 pub mod processes;
 pub mod python;
-pub mod query_log;
 pub mod scratch;
 pub mod test_cluster;
 pub mod time_limit;

@@ -1,8 +1,9 @@
-//! The query log the benchmarks replay: `FANOUT_BENCH_QUERIES` (a file, one
-//! query per line, plain text or JSON objects with `text` or `query`), else
-//! the TREC Million Query log beside the repository
+//! What the benchmarks (`cli/benches/`) share: the query log they replay,
+//! [`bench_queries`]: `FANOUT_BENCH_QUERIES` (a file, one query per line,
+//! plain text or JSON objects with `text` or `query`), else the TREC Million
+//! Query log beside the repository
 //! (`../shared/data/queries/million-query-2007-09.txt`), else SciFact's
-//! queries (bundled).
+//! queries (bundled); and their counts set by environment, [`env_count`].
 
 use std::path::PathBuf;
 
@@ -48,4 +49,13 @@ pub fn bench_queries(count: usize, minimum: usize) -> anyhow::Result<Vec<String>
         );
     }
     Ok(queries)
+}
+
+/// The number in environment variable `name`, else `default`; an error names
+/// the variable when it is not a number.
+pub fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(value) => value.parse().with_context(|| format!("{name}={value:?}")),
+        Err(_) => Ok(default),
+    }
 }
